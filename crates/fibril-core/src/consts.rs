@@ -1,0 +1,42 @@
+//! The one place for ports, paths and well-known names used across crates.
+
+/// Port the lab API server listens on at the control-plane address.
+pub const API_SERVER_PORT: u16 = 6443;
+
+/// Root of all lab state dirs: `<LAB_STATE_ROOT>/<lab>/`.
+/// Overridable with the `FIBRIL_STATE_ROOT` environment variable (tests use it).
+pub const LAB_STATE_ROOT: &str = "/var/lib/fibril/labs";
+pub const LAB_STATE_ROOT_ENV: &str = "FIBRIL_STATE_ROOT";
+
+/// Where `ip netns` keeps named network namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+/// Per-netns config files that `ip netns exec` bind-mounts over /etc (resolv.conf).
+pub const NETNS_ETC_DIR: &str = "/etc/netns";
+
+/// bpffs mount point and fibril's pin root: maps are pinned under `<BPF_PIN_ROOT>/<node>/`.
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/fibril";
+
+/// Debian's reference CNI plugins (containernetworking-plugins).
+pub const CNI_REFERENCE_PLUGIN_DIR: &str = "/usr/lib/cni";
+/// CNI spec version fibril writes and speaks.
+pub const CNI_SPEC_VERSION: &str = "1.0.0";
+/// Name of the bridge-CNI network the lab writes for `--cni bridge`.
+pub const BRIDGE_NETWORK_NAME: &str = "fibril-lab-bridge";
+/// Bridge device the reference bridge plugin creates on each lab node.
+pub const BRIDGE_CNI_DEVICE: &str = "cni0";
+
+/// Interface names inside lab namespaces (local to each netns, so they never collide).
+pub const FABRIC_BRIDGE: &str = "br0";
+pub const NODE_UPLINK: &str = "eth0";
+pub const POD_IFNAME: &str = "eth0";
+pub const WORLD_UPLINK: &str = "eth0";
+pub const FABRIC_WORLD_LINK: &str = "to-world";
+
+/// The built-in echo image the lab kubelet runs as a process.
+pub const ECHO_IMAGE: &str = "fibril/echo";
+/// HTTP path on the echo workload that returns the pod name, as agnhost's netexec does.
+pub const ECHO_HOSTNAME_PATH: &str = "/hostname";
+
+/// Cluster DNS domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";

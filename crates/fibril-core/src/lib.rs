@@ -1,0 +1,7 @@
+//! fibril-core: pure logic and types shared by every fibril crate.
+//!
+//! Nothing in here performs I/O. Privileged work (netlink, bpf, netns) lives in
+//! thin crates on top of these types, so that all of this is testable without root.
+
+pub mod consts;
+pub mod lab;
