@@ -7,8 +7,8 @@
 pub mod cni;
 pub mod controllers;
 pub mod kubelet;
-pub mod lab;
-pub mod node_agent;
-pub mod supervisor;
+// pub mod lab; (enabled once its dependencies land)
+// pub mod node_agent;
+// pub mod supervisor;
 pub mod topology;
 pub mod workload;
