@@ -143,7 +143,7 @@ pub fn desired_slices(svc: &Service, pods: &[Pod]) -> Vec<DesiredSlice> {
     for g in &mut groups {
         g.endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
     }
-    groups.sort_by(|a, b| port_key(&a.ports).cmp(&port_key(&b.ports)));
+    groups.sort_by_key(|g| port_key(&g.ports));
     if groups.is_empty() {
         groups.push(DesiredSlice {
             ports: Vec::new(),
