@@ -47,7 +47,8 @@ pub enum BpfError {
     Load {
         object: &'static str,
         pin_dir: PathBuf,
-        source: aya::EbpfError,
+        // Boxed: aya's error is large and would bloat every Result here.
+        source: Box<aya::EbpfError>,
     },
     #[error(
         "pinned map {} is incompatible with this build (pinned: {found}; expected: {expected}); \

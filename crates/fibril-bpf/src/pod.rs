@@ -70,12 +70,36 @@ const HOOKS: [Hook; 2] = [
     },
 ];
 
-/// Summed counters of one endpoint.
+/// Counters of one endpoint, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointCounters {
     /// ifindex of the host-side veth, in the node's network namespace.
     pub ifindex: u32,
-    pub counters: EpStats,
+    /// Sent by the pod (tc ingress on the host-side veth).
+    pub from_pod_packets: u64,
+    pub from_pod_bytes: u64,
+    /// Delivered to the pod (tc egress on the host-side veth).
+    pub to_pod_packets: u64,
+    pub to_pod_bytes: u64,
+}
+
+impl EndpointCounters {
+    fn new(key: EpKey, sum: EpStats) -> Self {
+        // Destructured in full so that a field added to the C struct fails to compile here.
+        let EpStats {
+            from_pod_packets,
+            from_pod_bytes,
+            to_pod_packets,
+            to_pod_bytes,
+        } = sum;
+        EndpointCounters {
+            ifindex: key.ifindex,
+            from_pod_packets,
+            from_pod_bytes,
+            to_pod_packets,
+            to_pod_bytes,
+        }
+    }
 }
 
 /// The pod-veth programs, loaded, with their maps pinned in a node's pin dir.
@@ -114,7 +138,7 @@ impl PodCounters {
             .map_err(|source| BpfError::Load {
                 object: POD_OBJECT_NAME,
                 pin_dir: pin_dir.to_path_buf(),
-                source,
+                source: Box::new(source),
             })?;
         for hook in HOOKS {
             program_mut(&mut ebpf, hook.program)?
@@ -189,22 +213,58 @@ impl PodCounters {
                 Err(_) => return Ok(()),
             },
         };
-        // Dropping our fds (above) and the pins (here) releases the links.
-        remove_link_pins(&self.link_dir(ifindex))?;
+        self.forget(ifindex)
+    }
+
+    /// Forgets interfaces that no longer exist in the current network namespace (their
+    /// pod was deleted while nobody called [`detach`](Self::detach), e.g. while the agent
+    /// was down): removes their link pins and counters. Returns their ifindexes.
+    pub fn prune_gone(&mut self) -> Result<Vec<u32>, BpfError> {
+        let mut candidates = std::collections::BTreeSet::new();
+        let tcx_dir = self.pin_dir.join(TCX_LINK_DIR);
+        match std::fs::read_dir(&tcx_dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    if let Some(i) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                        candidates.insert(i);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BpfError::Io {
+                    op: "listing link pins",
+                    path: tcx_dir,
+                    source,
+                })
+            }
+        }
         let map_path = self.pin_dir.join(shared::MAP_EP_STATS);
-        let map = self
-            .ebpf
-            .map_mut(shared::MAP_EP_STATS)
-            .ok_or(BpfError::MissingMap {
-                object: POD_OBJECT_NAME,
-                map: shared::MAP_EP_STATS,
-            })?;
-        let mut counters: PerCpuHashMap<&mut MapData, EpKey, EpStats> =
-            PerCpuHashMap::try_from(map).map_err(|source| BpfError::Map {
+        let counters = self.counters_map()?;
+        for key in counters.keys() {
+            let key = key.map_err(|source| BpfError::Map {
                 path: map_path.clone(),
                 source,
             })?;
-        match counters.remove(&EpKey { ifindex }) {
+            candidates.insert(key.ifindex);
+        }
+        let gone: Vec<u32> = candidates
+            .into_iter()
+            .filter(|&i| !interface_exists(i))
+            .collect();
+        for &ifindex in &gone {
+            self.attached.retain(|_, a| a.ifindex != ifindex);
+            self.forget(ifindex)?;
+        }
+        Ok(gone)
+    }
+
+    /// Removes the link pins and the counters of `ifindex`. Dropping our fds (done by the
+    /// callers) and the pins (here) releases the links.
+    fn forget(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        remove_link_pins(&self.link_dir(ifindex))?;
+        let map_path = self.pin_dir.join(shared::MAP_EP_STATS);
+        match self.counters_map()?.remove(&EpKey { ifindex }) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
                 Ok(())
@@ -214,6 +274,20 @@ impl PodCounters {
                 source,
             }),
         }
+    }
+
+    fn counters_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, EpKey, EpStats>, BpfError> {
+        let map = self
+            .ebpf
+            .map_mut(shared::MAP_EP_STATS)
+            .ok_or(BpfError::MissingMap {
+                object: POD_OBJECT_NAME,
+                map: shared::MAP_EP_STATS,
+            })?;
+        PerCpuHashMap::try_from(map).map_err(|source| BpfError::Map {
+            path: self.pin_dir.join(shared::MAP_EP_STATS),
+            source,
+        })
     }
 
     /// Interfaces attached through this handle (including adopted ones), sorted.
@@ -251,10 +325,7 @@ pub fn read_endpoint_counters(pin_dir: &Path) -> Result<Vec<EndpointCounters>, B
         for v in per_cpu.iter() {
             sum.accumulate(v);
         }
-        out.push(EndpointCounters {
-            ifindex: key.ifindex,
-            counters: sum,
-        });
+        out.push(EndpointCounters::new(key, sum));
     }
     out.sort_by_key(|c| c.ifindex);
     Ok(out)
@@ -317,6 +388,12 @@ fn ifindex_of(ifname: &str) -> Result<u32, BpfError> {
         return Err(no_such(io::Error::last_os_error()));
     }
     Ok(index)
+}
+
+fn interface_exists(ifindex: u32) -> bool {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has room for IF_NAMESIZE bytes, as if_indextoname requires.
+    !unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null()
 }
 
 /// Reuses the link pinned at `pin` if it is still attached to `ifname`, moving it to
