@@ -59,7 +59,9 @@ pub enum Error {
     NotANetns { netns: String, path: PathBuf },
     /// The guard against ever changing the host: a named namespace that turns out to be
     /// the initial network namespace is refused for anything but reads.
-    #[error("netns {netns} is the host's initial network namespace; fibril-netlink never changes it")]
+    #[error(
+        "netns {netns} is the host's initial network namespace; fibril-netlink never changes it"
+    )]
     HostNetns { netns: String },
     #[error("netns {netns}: starting a netlink session: {source}")]
     Session {

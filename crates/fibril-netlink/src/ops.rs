@@ -297,11 +297,7 @@ impl NetNs {
             // Deleting `name` may already have taken it along; delete_link tolerates that.
             peer_ns.delete_link(peer)?;
         }
-        let peer_fd = if same {
-            None
-        } else {
-            Some(peer_ns.open_fd()?)
-        };
+        let peer_fd = if same { None } else { Some(peer_ns.open_fd()?) };
         let (name, peer) = (name.to_string(), peer.to_string());
         self.netlink(true, |h, netns| async move {
             let mut peer_msg = LinkMessage::default();
@@ -616,12 +612,9 @@ impl NetNs {
                     continue;
                 };
                 info.dst = net;
-                info.dev = info.oif.and_then(|i| {
-                    links
-                        .iter()
-                        .find(|l| l.index == i)
-                        .map(|l| l.name.clone())
-                });
+                info.dev = info
+                    .oif
+                    .and_then(|i| links.iter().find(|l| l.index == i).map(|l| l.name.clone()));
                 out.push(info);
             }
             Ok(out)
