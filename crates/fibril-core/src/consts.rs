@@ -37,6 +37,8 @@ pub const FABRIC_WORLD_LINK: &str = "to-world";
 pub const ECHO_IMAGE: &str = "fibril/echo";
 /// HTTP path on the echo workload that returns the pod name, as agnhost's netexec does.
 pub const ECHO_HOSTNAME_PATH: &str = "/hostname";
+/// HTTP path on the echo workload that returns the client's `ip:port` as the pod saw it.
+pub const ECHO_CLIENTIP_PATH: &str = "/clientip";
 
 /// Cluster DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
