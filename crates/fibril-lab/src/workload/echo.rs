@@ -266,9 +266,9 @@ struct RequestHead {
 
 #[derive(Debug, PartialEq, Eq)]
 enum HeadError {
-    BadRequestLine,
-    BadHeader,
-    BadContentLength,
+    RequestLine,
+    Header,
+    ContentLength,
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -276,22 +276,22 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
-    let text = std::str::from_utf8(head).map_err(|_| HeadError::BadRequestLine)?;
+    let text = std::str::from_utf8(head).map_err(|_| HeadError::RequestLine)?;
     let mut lines = text.split("\r\n");
-    let request_line = lines.next().ok_or(HeadError::BadRequestLine)?;
+    let request_line = lines.next().ok_or(HeadError::RequestLine)?;
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(HeadError::BadRequestLine);
+        return Err(HeadError::RequestLine);
     };
     let http10 = match version {
         "HTTP/1.1" => false,
         "HTTP/1.0" => true,
-        _ => return Err(HeadError::BadRequestLine),
+        _ => return Err(HeadError::RequestLine),
     };
     if method.is_empty() || target.is_empty() {
-        return Err(HeadError::BadRequestLine);
+        return Err(HeadError::RequestLine);
     }
     let mut req = RequestHead {
         method: method.to_string(),
@@ -303,10 +303,10 @@ fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
         keep_alive: false,
     };
     for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or(HeadError::BadHeader)?;
+        let (name, value) = line.split_once(':').ok_or(HeadError::Header)?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            req.content_length = value.parse().map_err(|_| HeadError::BadContentLength)?;
+            req.content_length = value.parse().map_err(|_| HeadError::ContentLength)?;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             req.chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
@@ -460,15 +460,15 @@ mod tests {
         assert!(!r.persistent());
         assert_eq!(
             parse_head(b"GET / HTTP/2\r\n\r\n"),
-            Err(HeadError::BadRequestLine)
+            Err(HeadError::RequestLine)
         );
         assert_eq!(
             parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Err(HeadError::BadContentLength)
+            Err(HeadError::ContentLength)
         );
         assert_eq!(
             parse_head(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n"),
-            Err(HeadError::BadHeader)
+            Err(HeadError::Header)
         );
     }
 }
