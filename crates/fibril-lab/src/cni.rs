@@ -418,7 +418,9 @@ impl CniRuntime {
             {
                 Ok(result) => prev = Some(result.unwrap_or_else(|| Value::Object(Map::new()))),
                 Err(add) => {
-                    let cleanup = self.del_plugins(&net, att, prev.as_ref()).await;
+                    let mut cleanup = self.del_plugins(&net, att, prev.as_ref()).await;
+                    // A plugin missing now did not run ADD in this call: nothing to undo.
+                    cleanup.retain(|e| !matches!(e, CniError::MissingPlugin { .. }));
                     return Err(if cleanup.is_empty() {
                         add
                     } else {
