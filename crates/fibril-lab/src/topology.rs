@@ -86,6 +86,12 @@ pub enum TopologyError {
     HostNetns { netns: String },
 }
 
+// Errors cross threads and end up in anyhow at the binary edge.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<TopologyError>();
+};
+
 fn join(errors: &[FieldError]) -> String {
     errors
         .iter()
@@ -345,7 +351,8 @@ impl Builder<'_> {
 
 /// Remove everything of a lab, derived from its name alone (the state file is read
 /// for hints when present, never required). Best effort: every failure is in the
-/// report, and the rest of the teardown still happens.
+/// report, and the rest of the teardown still happens, so the `Result` is `Ok` even
+/// when something could not be removed: check [`DestroyReport::is_clean`].
 pub fn destroy(
     name: &LabName,
     progress: &mut dyn FnMut(&str),

@@ -140,6 +140,12 @@ pub enum Error {
     },
 }
 
+// Errors cross threads (every operation runs on one) and end up in anyhow.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Error>();
+};
+
 impl Error {
     /// The errno behind this error, when there is one.
     pub fn errno(&self) -> Option<Errno> {
