@@ -19,19 +19,21 @@ use fibril_lab::topology::{self, Removed, TopologyError};
 use fibril_netlink::{setns_pre_exec, NetNs};
 use rand::Rng;
 
-/// All labs of this test binary keep state under one temporary root.
+/// All labs of this test binary keep state under one temporary root. A static is never
+/// dropped, so the root is kept here and removed by the last [`LabGuard`] to find it
+/// empty.
 fn state_root() -> &'static Path {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("fibt-state")
             .tempdir()
-            .unwrap();
+            .unwrap()
+            .keep();
         // Set once, before any test derives a path from it.
-        std::env::set_var(consts::LAB_STATE_ROOT_ENV, dir.path());
+        std::env::set_var(consts::LAB_STATE_ROOT_ENV, &dir);
         dir
     })
-    .path()
 }
 
 fn unique_layout(nodes: u8) -> LabLayout {
@@ -62,6 +64,7 @@ struct LabGuard(LabName);
 impl Drop for LabGuard {
     fn drop(&mut self) {
         let _ = topology::destroy(&self.0, &mut |_| {});
+        let _ = std::fs::remove_dir(state_root());
     }
 }
 
@@ -310,6 +313,7 @@ fn lab_network_works_and_destroy_restores_the_root_namespace() {
 #[ignore = "privileged: needs root and netns"]
 fn destroy_of_a_lab_that_does_not_exist_is_clean_and_empty() {
     let layout = unique_layout(1);
+    let _guard = LabGuard(layout.name().clone());
     let report = topology::destroy(layout.name(), &mut |_| {}).unwrap();
     assert!(report.is_clean(), "{:?}", report.failures);
     assert!(report.removed.is_empty(), "{:?}", report.removed);
