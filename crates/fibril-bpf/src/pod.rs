@@ -629,6 +629,60 @@ mod tests {
         }
     }
 
+    /// BPF_PROG_TEST_RUN, as cilium's bpf/tests: a crafted frame through each program,
+    /// in a throwaway netns (unshared by the test thread), without attaching anything.
+    #[test]
+    #[ignore = "privileged: needs root, bpf and netns"]
+    fn programs_count_and_never_drop() {
+        use aya::programs::{TestRun, TestRunOptions};
+
+        const TC_ACT_OK: u32 = 0;
+        const LOOPBACK_IFINDEX: u32 = 1;
+        const RUNS: u32 = 7;
+        // Ethernet (IPv4) + a 20-byte IPv4 header + payload: 100 bytes in all.
+        let mut frame = vec![0_u8; 100];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x45;
+        frame[16..18].copy_from_slice(&86_u16.to_be_bytes());
+
+        let pin_dir = PathBuf::from(fibril_core::consts::BPFFS_MOUNT)
+            .join(format!("fibt{}unit", std::process::id()));
+        let dir = pin_dir.clone();
+        let result = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
+            let mut pc = PodCounters::load(&dir).expect("load");
+            let mut verdicts = Vec::new();
+            for hook in HOOKS {
+                let prog = program_mut(&mut pc.ebpf, hook.program).unwrap();
+                let out = prog
+                    .test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        repeat: RUNS,
+                        ..Default::default()
+                    })
+                    .expect("test run");
+                verdicts.push(out.return_value);
+            }
+            (verdicts, read_endpoint_counters(&dir))
+        })
+        .join();
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let (verdicts, counters) = result.expect("test thread");
+        assert_eq!(verdicts, [TC_ACT_OK, TC_ACT_OK]);
+        let counters = counters.expect("read counters");
+        // Test runs happen on the netns' loopback device.
+        assert_eq!(
+            counters,
+            [EndpointCounters {
+                ifindex: LOOPBACK_IFINDEX,
+                from_pod_packets: u64::from(RUNS),
+                from_pod_bytes: u64::from(RUNS) * 100,
+                to_pod_packets: u64::from(RUNS),
+                to_pod_bytes: u64::from(RUNS) * 100,
+            }]
+        );
+    }
+
     #[test]
     fn link_pins_live_under_the_pin_dir() {
         assert_eq!(
