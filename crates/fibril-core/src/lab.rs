@@ -256,10 +256,7 @@ impl LabSpec {
         for (i, (fa, a)) in nets.iter().enumerate() {
             for (fb, b) in nets.iter().skip(i + 1) {
                 if overlaps(a, b) {
-                    errs.push(FieldError::new(
-                        *fb,
-                        format!("{b} overlaps {fa} {a}"),
-                    ));
+                    errs.push(FieldError::new(*fb, format!("{b} overlaps {fa} {a}")));
                 }
             }
         }
@@ -378,6 +375,14 @@ impl LabLayout {
     /// The persisted spec + runtime record.
     pub fn state_file(&self) -> PathBuf {
         self.state_dir().join("lab.json")
+    }
+    /// The pid of the lab's supervisor (which lives in the root netns).
+    pub fn supervisor_pid_file(&self) -> PathBuf {
+        self.state_dir().join("supervisor.pid")
+    }
+    /// The supervisor's live record of every component.
+    pub fn components_file(&self) -> PathBuf {
+        self.state_dir().join("components.json")
     }
     pub fn api_socket(&self) -> PathBuf {
         self.state_dir().join("api.sock")

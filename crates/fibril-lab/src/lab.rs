@@ -77,7 +77,7 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 fn supervisor_pid(layout: &LabLayout) -> Option<u32> {
-    std::fs::read_to_string(supervisor::supervisor_pid_file(layout))
+    std::fs::read_to_string(layout.supervisor_pid_file())
         .ok()?
         .trim()
         .parse()
@@ -236,7 +236,7 @@ fn spawn_supervisor(layout: &LabLayout, exe: &Path) -> anyhow::Result<()> {
     }
     let child = cmd.spawn().context("starting the lab supervisor")?;
     write_atomic(
-        &supervisor::supervisor_pid_file(layout),
+        &layout.supervisor_pid_file(),
         child.id().to_string().as_bytes(),
     )?;
     Ok(())

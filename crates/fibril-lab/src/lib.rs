@@ -7,8 +7,11 @@
 pub mod cni;
 pub mod controllers;
 pub mod kubelet;
-// pub mod lab; (enabled once its dependencies land)
-// pub mod node_agent;
-// pub mod supervisor;
+#[cfg(feature = "wiring")]
+pub mod lab;
+#[cfg(feature = "wiring")]
+pub mod node_agent;
+#[cfg(feature = "wiring")]
+pub mod supervisor;
 pub mod topology;
 pub mod workload;

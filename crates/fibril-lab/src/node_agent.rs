@@ -84,8 +84,12 @@ pub async fn run(client: kube::Client, layout: LabLayout, node: String) -> anyho
     let watch_task = tokio::spawn(stream);
 
     let pin_dir = layout.node_bpf_pin_dir(&node);
-    let mut counters = fibril_bpf::PodCounters::load(&pin_dir)
-        .with_context(|| format!("loading the endpoint counters (pins in {})", pin_dir.display()))?;
+    let mut counters = fibril_bpf::PodCounters::load(&pin_dir).with_context(|| {
+        format!(
+            "loading the endpoint counters (pins in {})",
+            pin_dir.display()
+        )
+    })?;
     tracing::info!(pins = %pin_dir.display(), "endpoint counters loaded");
 
     let mut written_cidr: Option<Ipv4Net> = None;
@@ -98,26 +102,55 @@ pub async fn run(client: kube::Client, layout: LabLayout, node: String) -> anyho
             anyhow::bail!("the node watch ended");
         }
         let state = reader.state();
+        // Netlink and BPF calls below block briefly; keep them off the async workers.
+        tokio::task::block_in_place(|| {
+            reconcile(
+                &layout,
+                &node,
+                &netns,
+                &state,
+                &mut counters,
+                &mut written_cidr,
+                &mut installed,
+                &mut attached,
+            )
+        })?;
+    }
+}
+
+/// One pass: conflist, routes, counters. Only a failure to write the conflist is fatal.
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    layout: &LabLayout,
+    node: &str,
+    netns: &fibril_netlink::NetNs,
+    state: &[std::sync::Arc<Node>],
+    counters: &mut fibril_bpf::PodCounters,
+    written_cidr: &mut Option<Ipv4Net>,
+    installed: &mut BTreeMap<Ipv4Net, Ipv4Addr>,
+    attached: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
+    {
         // 1. The conflist, once this node has a pod CIDR.
         if let Some(own) = state
             .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(&node))
+            .find(|n| n.metadata.name.as_deref() == Some(node))
             .and_then(|n| node_route(n))
         {
-            if written_cidr != Some(own.pod_cidr) {
-                let conf = bridge_conflist(&layout, &node, own.pod_cidr);
-                let dir = layout.node_cni_conf_dir(&node);
+            if *written_cidr != Some(own.pod_cidr) {
+                let conf = bridge_conflist(layout, node, own.pod_cidr);
+                let dir = layout.node_cni_conf_dir(node);
                 let path = dir.join(BRIDGE_CONFLIST_FILE);
                 write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)
                     .with_context(|| format!("writing {}", path.display()))?;
                 tracing::info!(path = %path.display(), cidr = %own.pod_cidr, "wrote CNI config");
-                written_cidr = Some(own.pod_cidr);
+                *written_cidr = Some(own.pod_cidr);
             }
         }
         // 2. Routes to the other nodes' pod CIDRs.
         let want: BTreeMap<Ipv4Net, Ipv4Addr> = state
             .iter()
-            .filter(|n| n.metadata.name.as_deref() != Some(&node))
+            .filter(|n| n.metadata.name.as_deref() != Some(node))
             .filter_map(|n| node_route(n))
             .map(|r| (r.pod_cidr, r.via))
             .collect();
@@ -152,7 +185,7 @@ pub async fn run(client: kube::Client, layout: LabLayout, node: String) -> anyho
             }
         }
         // 3. Counters on every pod veth enslaved to the CNI bridge.
-        match pod_veths(&netns) {
+        match pod_veths(netns) {
             Ok(veths) => {
                 attached.retain(|v| veths.contains(v));
                 for v in veths {
@@ -164,13 +197,16 @@ pub async fn run(client: kube::Client, layout: LabLayout, node: String) -> anyho
                             tracing::info!(veth = %v, "attached endpoint counters");
                             attached.insert(v);
                         }
-                        Err(e) => tracing::warn!(veth = %v, error = %e, "cannot attach counters yet"),
+                        Err(e) => {
+                            tracing::warn!(veth = %v, error = %e, "cannot attach counters yet")
+                        }
                     }
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot list links"),
         }
     }
+    Ok(())
 }
 
 /// Host-side pod veths: veth links whose master is the CNI bridge.

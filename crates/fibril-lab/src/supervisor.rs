@@ -83,16 +83,8 @@ pub struct ComponentsFile {
     pub components: Vec<ComponentStatus>,
 }
 
-pub fn components_file(layout: &LabLayout) -> PathBuf {
-    layout.state_dir().join("components.json")
-}
-
-pub fn supervisor_pid_file(layout: &LabLayout) -> PathBuf {
-    layout.state_dir().join("supervisor.pid")
-}
-
 pub fn read_components(layout: &LabLayout) -> Option<ComponentsFile> {
-    let text = std::fs::read_to_string(components_file(layout)).ok()?;
+    let text = std::fs::read_to_string(layout.components_file()).ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -160,7 +152,7 @@ impl Shared {
             components: st.values().cloned().collect(),
         };
         drop(st);
-        let path = components_file(&self.layout);
+        let path = self.layout.components_file();
         match serde_json::to_vec_pretty(&file) {
             Ok(bytes) => {
                 if let Err(e) = write_atomic(&path, &bytes) {
@@ -178,7 +170,7 @@ pub async fn run(record: LabRecord) -> anyhow::Result<()> {
     std::fs::create_dir_all(layout.log_dir())
         .with_context(|| format!("creating {}", layout.log_dir().display()))?;
     write_atomic(
-        &supervisor_pid_file(&layout),
+        &layout.supervisor_pid_file(),
         std::process::id().to_string().as_bytes(),
     )?;
 
@@ -227,7 +219,7 @@ pub async fn run(record: LabRecord) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    let _ = std::fs::remove_file(supervisor_pid_file(&layout));
+    let _ = std::fs::remove_file(layout.supervisor_pid_file());
     Ok(())
 }
 

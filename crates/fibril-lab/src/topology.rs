@@ -33,11 +33,6 @@ use ipnet::Ipv4Net;
 const TERM_GRACE: Duration = Duration::from_secs(2);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// The supervisor's pid file in the state dir; must match
-/// `supervisor::supervisor_pid_file` (not referenced directly so that teardown does not
-/// depend on the supervisor module being built).
-const SUPERVISOR_PID_FILE: &str = "supervisor.pid";
-
 /// Fabric-side veth of the control plane and of node `i`.
 const FABRIC_CP_LINK: &str = "cp";
 fn fabric_node_link(i: u8) -> String {
@@ -389,7 +384,7 @@ fn teardown(name: &LabName, mode: Teardown, progress: &mut dyn FnMut(&str)) -> D
     }
 
     // 2. The supervisor first, so that nothing restarts what is killed next.
-    let sup_file = state_dir.join(SUPERVISOR_PID_FILE);
+    let sup_file = layout.supervisor_pid_file();
     if let Some(pid) = std::fs::read_to_string(&sup_file)
         .ok()
         .filter(|_| mode == Teardown::Destroy)

@@ -55,7 +55,10 @@ pub async fn counters(
             .into_iter()
             .map(|c| EndpointRow {
                 ifindex: c.ifindex,
-                ifname: links.iter().find(|l| l.index == c.ifindex).map(|l| l.name.clone()),
+                ifname: links
+                    .iter()
+                    .find(|l| l.index == c.ifindex)
+                    .map(|l| l.name.clone()),
                 from_pod_packets: c.from_pod_packets,
                 from_pod_bytes: c.from_pod_bytes,
                 to_pod_packets: c.to_pod_packets,

@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::discovery::ApiResource;
 
 use fibril_core::lab::{LabName, LabSpec};
+use fibril_core::manifest::KindInfo;
 use fibril_lab::lab::{self, LabRecord, UpOutcome};
 
 use crate::output;
@@ -125,26 +126,16 @@ pub async fn status(name: &LabName, format: OutputFormat) -> anyhow::Result<()> 
 }
 
 fn api_resource(api_version: &str, kind: &str) -> anyhow::Result<(ApiResource, bool)> {
-    let (group, version) = match api_version.split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", api_version),
-    };
-    let info = fibril_apiserver::resources()
-        .iter()
-        .find(|r| r.kind == kind && r.group == group && r.version == version)
+    let info = fibril_core::manifest::kind_info(api_version, kind)
         .with_context(|| format!("the lab API server does not serve {api_version} {kind}"))?;
     Ok((resource_of(info), info.namespaced))
 }
 
-fn resource_of(info: &fibril_apiserver::ResourceInfo) -> ApiResource {
+fn resource_of(info: &KindInfo) -> ApiResource {
     ApiResource {
         group: info.group.to_string(),
         version: info.version.to_string(),
-        api_version: if info.group.is_empty() {
-            info.version.to_string()
-        } else {
-            format!("{}/{}", info.group, info.version)
-        },
+        api_version: info.api_version.to_string(),
         kind: info.kind.to_string(),
         plural: info.plural.to_string(),
     }
@@ -153,8 +144,8 @@ fn resource_of(info: &fibril_apiserver::ResourceInfo) -> ApiResource {
 /// Parse and strictly validate every document before touching the cluster: a bad
 /// manifest is rejected whole, with the document and field path of every problem.
 fn load_manifests(file: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let docs = fibril_core::manifest::parse_documents(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut problems = Vec::new();
@@ -268,7 +259,7 @@ pub async fn get(
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let plural = kind_alias(kind);
-    let info = fibril_apiserver::resources()
+    let info = fibril_core::manifest::KINDS
         .iter()
         .find(|r| r.plural == plural)
         .with_context(|| {
@@ -325,7 +316,11 @@ pub enum ExecTarget {
     World,
 }
 
-pub async fn exec(name: &LabName, target: ExecTarget, command: &[String]) -> anyhow::Result<ExitCode> {
+pub async fn exec(
+    name: &LabName,
+    target: ExecTarget,
+    command: &[String],
+) -> anyhow::Result<ExitCode> {
     let record = LabRecord::require(name)?;
     let layout = record.layout();
     let netns = match target {
@@ -339,7 +334,10 @@ pub async fn exec(name: &LabName, target: ExecTarget, command: &[String]) -> any
             layout.node_netns(layout.node_index(&n).unwrap_or(1))
         }
         ExecTarget::World => layout.world_netns(),
-        ExecTarget::Pod { namespace, name: pod } => {
+        ExecTarget::Pod {
+            namespace,
+            name: pod,
+        } => {
             let client = lab::client(&layout)?;
             let pods: Api<Pod> = Api::namespaced(client, &namespace);
             let p = pods
@@ -353,7 +351,10 @@ pub async fn exec(name: &LabName, target: ExecTarget, command: &[String]) -> any
                 .as_ref()
                 .and_then(|s| s.phase.clone())
                 .unwrap_or_default();
-            if !Path::new(fibril_core::consts::NETNS_RUN_DIR).join(&ns).exists() {
+            if !Path::new(fibril_core::consts::NETNS_RUN_DIR)
+                .join(&ns)
+                .exists()
+            {
                 bail!("pod {namespace}/{pod} has no network namespace yet (phase {phase})");
             }
             ns
@@ -365,7 +366,9 @@ pub async fn exec(name: &LabName, target: ExecTarget, command: &[String]) -> any
         .args(command)
         .status()
         .with_context(|| format!("running {command:?} in netns {netns}"))?;
-    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
 }
 
 pub fn kubeconfig(name: &LabName) -> anyhow::Result<()> {
@@ -399,7 +402,11 @@ pub async fn supervise(name: &LabName) -> anyhow::Result<()> {
     fibril_lab::supervisor::run(record).await
 }
 
-pub async fn component(kind: ComponentArg, name: &LabName, node: Option<String>) -> anyhow::Result<()> {
+pub async fn component(
+    kind: ComponentArg,
+    name: &LabName,
+    node: Option<String>,
+) -> anyhow::Result<()> {
     let record = LabRecord::require(name)?;
     let layout = record.layout();
     let node_of = |node: Option<String>| -> anyhow::Result<(String, std::net::Ipv4Addr)> {

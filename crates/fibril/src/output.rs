@@ -7,7 +7,13 @@ use serde_json::Value;
 pub fn table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
         let line: Vec<String> = r
@@ -39,7 +45,10 @@ fn pod_row(v: &Value, wide: bool) -> Vec<String> {
         .map(|c| c.len())
         .unwrap_or(0);
     let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-    let restarts: i64 = statuses.iter().filter_map(|c| c["restartCount"].as_i64()).sum();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|c| c["restartCount"].as_i64())
+        .sum();
     let waiting = statuses
         .iter()
         .find_map(|c| c.pointer("/state/waiting/reason").and_then(|r| r.as_str()));
@@ -70,8 +79,15 @@ fn ports(v: &Value) -> String {
         .map(|ps| {
             ps.iter()
                 .map(|p| {
-                    let np = p["nodePort"].as_i64().map(|n| format!(":{n}")).unwrap_or_default();
-                    format!("{}{np}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
+                    let np = p["nodePort"]
+                        .as_i64()
+                        .map(|n| format!(":{n}"))
+                        .unwrap_or_default();
+                    format!(
+                        "{}{np}/{}",
+                        p["port"],
+                        p["protocol"].as_str().unwrap_or("TCP")
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(",")
@@ -86,7 +102,9 @@ pub fn print_objects(
     wide: bool,
 ) -> anyhow::Result<()> {
     let header: Vec<&str> = match plural {
-        "pods" if wide => vec!["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE", "MESSAGE"],
+        "pods" if wide => vec![
+            "NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE", "MESSAGE",
+        ],
         "pods" => vec!["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE"],
         "services" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"],
         "nodes" => vec!["NAME", "STATUS", "INTERNAL-IP", "POD-CIDR"],
@@ -111,7 +129,12 @@ pub fn print_objects(
                 s(&v, "/spec/clusterIP"),
                 v.pointer("/spec/externalIPs")
                     .and_then(|e| e.as_array())
-                    .map(|e| e.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                    .map(|e| {
+                        e.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "<none>".into()),
                 ports(&v),
@@ -121,7 +144,13 @@ pub fn print_objects(
                     .pointer("/status/conditions")
                     .and_then(|c| c.as_array())
                     .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                    .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
+                    .map(|c| {
+                        if c["status"] == "True" {
+                            "Ready"
+                        } else {
+                            "NotReady"
+                        }
+                    })
                     .unwrap_or("Unknown");
                 let ip = v
                     .pointer("/status/addresses")
@@ -130,14 +159,23 @@ pub fn print_objects(
                     .and_then(|a| a["address"].as_str())
                     .unwrap_or("")
                     .to_string();
-                vec![s(&v, "/metadata/name"), ready.into(), ip, s(&v, "/spec/podCIDR")]
+                vec![
+                    s(&v, "/metadata/name"),
+                    ready.into(),
+                    ip,
+                    s(&v, "/spec/podCIDR"),
+                ]
             }
             "deployments" => vec![
                 s(&v, "/metadata/name"),
                 format!(
                     "{}/{}",
-                    v.pointer("/status/readyReplicas").and_then(|r| r.as_i64()).unwrap_or(0),
-                    v.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(1)
+                    v.pointer("/status/readyReplicas")
+                        .and_then(|r| r.as_i64())
+                        .unwrap_or(0),
+                    v.pointer("/spec/replicas")
+                        .and_then(|r| r.as_i64())
+                        .unwrap_or(1)
                 ),
                 s(&v, "/status/updatedReplicas"),
                 s(&v, "/status/availableReplicas"),
@@ -150,8 +188,13 @@ pub fn print_objects(
                         e.iter()
                             .map(|ep| {
                                 let addr = ep["addresses"][0].as_str().unwrap_or("?");
-                                let ready = ep.pointer("/conditions/ready") == Some(&Value::Bool(true));
-                                if ready { addr.to_string() } else { format!("{addr}(not ready)") }
+                                let ready =
+                                    ep.pointer("/conditions/ready") == Some(&Value::Bool(true));
+                                if ready {
+                                    addr.to_string()
+                                } else {
+                                    format!("{addr}(not ready)")
+                                }
                             })
                             .collect::<Vec<_>>()
                             .join(",")
@@ -173,10 +216,17 @@ pub fn print_objects(
                 s(&v, "/metadata/name"),
                 s(&v, "/type"),
                 s(&v, "/reason"),
-                format!("{}/{}", s(&v, "/involvedObject/kind").to_lowercase(), s(&v, "/involvedObject/name")),
+                format!(
+                    "{}/{}",
+                    s(&v, "/involvedObject/kind").to_lowercase(),
+                    s(&v, "/involvedObject/name")
+                ),
                 s(&v, "/message"),
             ],
-            _ => vec![s(&v, "/metadata/name"), s(&v, "/metadata/creationTimestamp")],
+            _ => vec![
+                s(&v, "/metadata/name"),
+                s(&v, "/metadata/creationTimestamp"),
+            ],
         };
         if with_namespace {
             row.insert(0, s(&v, "/metadata/namespace"));

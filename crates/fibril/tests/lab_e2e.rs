@@ -198,7 +198,11 @@ fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn lab_pids(lab: &Lab) -> BTreeSet<i32> {
     // Every process in one of the lab's namespaces, plus the supervisor.
     let mut inodes = BTreeSet::new();
-    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with(&format!("{}-", lab.name)) {
             if let Ok(m) = std::fs::metadata(e.path()) {
@@ -286,45 +290,105 @@ fn lab_serves_real_traffic_and_down_leaves_nothing_even_after_sigkill() {
         .iter()
         .map(|p| p["spec"]["nodeName"].as_str().unwrap())
         .collect();
-    assert_eq!(nodes.len(), 3, "the scheduler spreads 3 replicas over 3 nodes: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the scheduler spreads 3 replicas over 3 nodes: {nodes:?}"
+    );
 
     // HTTP and UDP from the client to every echo pod: one same-node, two cross-node.
     for p in &echoes {
         let ip = p["status"]["podIP"].as_str().unwrap();
         let name = p["metadata"]["name"].as_str().unwrap();
         let body = lab.ok(&[
-            "lab", "exec", "-n", "demo", "client", "--", "curl", "-s", "--max-time", "5",
+            "lab",
+            "exec",
+            "-n",
+            "demo",
+            "client",
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
             &format!("http://{ip}:8080/hostname"),
         ]);
-        assert_eq!(body.trim(), name, "HTTP to {ip} on {}", p["spec"]["nodeName"]);
+        assert_eq!(
+            body.trim(),
+            name,
+            "HTTP to {ip} on {}",
+            p["spec"]["nodeName"]
+        );
         let udp = lab.ok(&[
-            "lab", "exec", "-n", "demo", "client", "--", "sh", "-c",
+            "lab",
+            "exec",
+            "-n",
+            "demo",
+            "client",
+            "--",
+            "sh",
+            "-c",
             &format!("printf hostname | nc -u -w2 {ip} 9090"),
         ]);
         assert_eq!(udp.trim(), name, "UDP to {ip}");
     }
 
     // The pod sees the cluster resolv.conf, as kubelet writes it.
-    let resolv = lab.ok(&["lab", "exec", "-n", "demo", "client", "--", "cat", "/etc/resolv.conf"]);
+    let resolv = lab.ok(&[
+        "lab",
+        "exec",
+        "-n",
+        "demo",
+        "client",
+        "--",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
     assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
-    assert!(resolv.contains("search demo.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
+    assert!(
+        resolv.contains("search demo.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
     assert!(resolv.contains("ndots:5"), "{resolv}");
 
     // Node and world namespaces: the world host is reachable from a node, and back.
-    lab.ok(&["lab", "exec", "--node", &lab.node(2), "--", "ping", "-c1", "-W2", "203.0.113.10"]);
-    lab.ok(&["lab", "exec", "--world", "--", "ping", "-c1", "-W2", "172.18.0.13"]);
+    lab.ok(&[
+        "lab",
+        "exec",
+        "--node",
+        &lab.node(2),
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        "203.0.113.10",
+    ]);
+    lab.ok(&[
+        "lab",
+        "exec",
+        "--world",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        "172.18.0.13",
+    ]);
 
     // The Service's EndpointSlice lists the 3 ready echo pods with the named port resolved.
-    let slices = wait_for("a slice with 3 ready endpoints", Duration::from_secs(20), || {
-        let v = lab.json(&["lab", "get", "endpointslices", "-n", "demo", "-o", "json"]);
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        let ready: usize = items
-            .iter()
-            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-            .filter(|e| e["conditions"]["ready"] == true)
-            .count();
-        (ready == 3).then_some(items)
-    });
+    let slices = wait_for(
+        "a slice with 3 ready endpoints",
+        Duration::from_secs(20),
+        || {
+            let v = lab.json(&["lab", "get", "endpointslices", "-n", "demo", "-o", "json"]);
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let ready: usize = items
+                .iter()
+                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                .filter(|e| e["conditions"]["ready"] == true)
+                .count();
+            (ready == 3).then_some(items)
+        },
+    );
     assert_eq!(slices[0]["ports"][0]["port"], 8080);
 
     // fibril's BPF counters on the pod veths saw the traffic.
@@ -347,13 +411,17 @@ fn lab_serves_real_traffic_and_down_leaves_nothing_even_after_sigkill() {
     let kubelet2 = format!("kubelet/{}", lab.node(2));
     let pid = comp(&lab, &kubelet2)["pid"].as_i64().unwrap() as i32;
     kill9(pid);
-    wait_for("the kubelet to be restarted", Duration::from_secs(20), || {
-        let c = comp(&lab, &kubelet2);
-        (c["state"] == "running"
-            && c["restarts"].as_u64() >= Some(1)
-            && c["pid"].as_i64().is_some_and(|p| p as i32 != pid))
-        .then_some(())
-    });
+    wait_for(
+        "the kubelet to be restarted",
+        Duration::from_secs(20),
+        || {
+            let c = comp(&lab, &kubelet2);
+            (c["state"] == "running"
+                && c["restarts"].as_u64() >= Some(1)
+                && c["pid"].as_i64().is_some_and(|p| p as i32 != pid))
+            .then_some(())
+        },
+    );
 
     // A broken CNI config shows in the pod's status with the plugin's message.
     let conf_dir = lab
@@ -375,16 +443,25 @@ fn lab_serves_real_traffic_and_down_leaves_nothing_even_after_sigkill() {
         ),
     );
     lab.ok(&["lab", "apply", "-f", pod.to_str().unwrap()]);
-    wait_for("the CNI error in the pod status", Duration::from_secs(30), || {
-        let v = lab.json(&["lab", "get", "pods", "victim", "-n", "demo", "-o", "json"]);
-        let text = v["status"].to_string();
-        (text.contains("fibril-no-such-plugin") && v["status"]["phase"] == "Pending").then_some(())
-    });
+    wait_for(
+        "the CNI error in the pod status",
+        Duration::from_secs(30),
+        || {
+            let v = lab.json(&["lab", "get", "pods", "victim", "-n", "demo", "-o", "json"]);
+            let text = v["status"].to_string();
+            (text.contains("fibril-no-such-plugin") && v["status"]["phase"] == "Pending")
+                .then_some(())
+        },
+    );
     std::fs::remove_file(broken).unwrap();
-    wait_for("the pod to recover once the config is fixed", Duration::from_secs(60), || {
-        let v = lab.json(&["lab", "get", "pods", "victim", "-n", "demo", "-o", "json"]);
-        ready(&v).then_some(())
-    });
+    wait_for(
+        "the pod to recover once the config is fixed",
+        Duration::from_secs(60),
+        || {
+            let v = lab.json(&["lab", "get", "pods", "victim", "-n", "demo", "-o", "json"]);
+            ready(&v).then_some(())
+        },
+    );
 
     // Kill every process of the lab with SIGKILL, then `lab down` must still remove all.
     let pids = lab_pids(&lab);
@@ -482,18 +559,31 @@ fn invalid_manifests_are_rejected_whole_with_field_paths() {
     ];
     for (file, body, path) in cases {
         // A valid namespace first: it must not be created when a later document is bad.
-        let text = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{}}}\n---\n{body}", file.trim_end_matches(".yaml"));
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{}}}\n---\n{body}",
+            file.trim_end_matches(".yaml")
+        );
         let f = write_file(&dir, file, &text);
         let out = lab.run(&["lab", "apply", "-f", f.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{file} was accepted");
-        assert!(err.contains(path), "{file}: error does not name {path}:\n{err}");
+        assert!(
+            err.contains(path),
+            "{file}: error does not name {path}:\n{err}"
+        );
         assert!(err.contains("nothing was applied"), "{err}");
         let nss = lab.ok(&["lab", "get", "namespaces"]);
-        assert!(!nss.contains(&format!("ns-{}", file.trim_end_matches(".yaml"))), "{nss}");
+        assert!(
+            !nss.contains(&format!("ns-{}", file.trim_end_matches(".yaml"))),
+            "{nss}"
+        );
     }
     // An unknown kind is refused too, by name.
-    let f = write_file(&dir, "kind.yaml", "apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n");
+    let f = write_file(
+        &dir,
+        "kind.yaml",
+        "apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n",
+    );
     let out = lab.run(&["lab", "apply", "-f", f.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Gizmo"));
