@@ -4,5 +4,6 @@
 //! thin crates on top of these types, so that all of this is testable without root.
 
 pub mod consts;
+pub mod doctor;
 pub mod lab;
 pub mod manifest;

@@ -1,0 +1,6 @@
+//! Readers for each export format. Each returns typed values and pushes a finding for
+//! whatever it could not read, instead of failing.
+
+pub mod cilium;
+pub mod host;
+pub mod k8s;
