@@ -537,12 +537,18 @@ fn crd_watch_bandwidth(ctx: &Ctx<'_>, out: &mut Vec<Finding>) {
         .map(|o| serde_json::to_vec(&o.value).map(|v| v.len()).unwrap_or(0))
         .sum::<usize>() as f64
         / watchers;
-    let storm = watchers * avg_size * watchers * 8.0 / 1e9 / 10.0;
+    // Every agent rewriting its object at once (a DaemonSet restart within ~10 s).
+    let storm_bits = watchers * avg_size * watchers * 8.0 / 10.0;
+    let storm = if storm_bits >= 1e9 {
+        format!("{:.1} Gbit/s", storm_bits / 1e9)
+    } else {
+        format!("{:.0} Mbit/s", storm_bits / 1e6)
+    };
     out.push(
         Finding::new(
             RuleId::CrdWatchBandwidth,
             format!(
-                "{} CiliumNode objects (avg {:.1} KB) x {:.3} updates/s each x {} watching agents: about {:.0} Mbit/s of API server egress; a simultaneous restart would push {:.1} Gbit/s for 10 s",
+                "{} CiliumNode objects (avg {:.1} KB) x {:.3} updates/s each x {} watching agents: about {:.0} Mbit/s of API server egress; a simultaneous restart would push {} for 10 s",
                 per_node.len(),
                 avg_size / 1000.0,
                 rate_sum / watchers,
