@@ -694,7 +694,10 @@ fn uid_exists(txn: &Txn<'_>, uid: &str) -> bool {
 
 fn without_owner(obj: &Value, uid: &str) -> Value {
     let mut o = obj.clone();
-    if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+    if let Some(refs) = o
+        .pointer_mut("/metadata/ownerReferences")
+        .and_then(Value::as_array_mut)
+    {
         refs.retain(|r| r["uid"].as_str() != Some(uid));
         if refs.is_empty() {
             meta_mut(&mut o).remove("ownerReferences");

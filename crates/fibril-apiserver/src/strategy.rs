@@ -186,7 +186,7 @@ pub fn prepare_create(
     let m = obj.as_object_mut().expect("objects are JSON objects");
     match res.kind {
         "Pod" => {
-            let qos = qos_class(&m["spec"]);
+            let qos = qos_class(m.get("spec").unwrap_or(&Value::Null));
             m.insert(
                 "status".into(),
                 json!({"phase": "Pending", "qosClass": qos}),
@@ -222,7 +222,11 @@ pub fn prepare_update(
         "Pod" => check_pod_update(res, new, old),
         "Namespace" => {
             // spec.finalizers is only changed through namespaces/finalize.
-            new["spec"] = old["spec"].clone();
+            let m = new.as_object_mut().expect("objects are JSON objects");
+            match old.get("spec") {
+                Some(spec) => m.insert("spec".into(), spec.clone()),
+                None => m.remove("spec"),
+            };
             Ok(())
         }
         "Service" => {
@@ -279,7 +283,10 @@ fn check_pod_update(res: &'static ResourceInfo, new: &Value, old: &Value) -> Res
     let mut candidate = new["spec"].clone();
     let old_spec = &old["spec"];
     for key in ["containers", "initContainers"] {
-        if let (Some(n), Some(o)) = (candidate[key].as_array_mut(), old_spec[key].as_array()) {
+        if let (Some(n), Some(o)) = (
+            candidate.get_mut(key).and_then(Value::as_array_mut),
+            old_spec.get(key).and_then(Value::as_array),
+        ) {
             if n.len() == o.len() {
                 for (nc, oc) in n.iter_mut().zip(o) {
                     nc["image"] = oc["image"].clone();
@@ -311,6 +318,7 @@ fn check_pod_update(res: &'static ResourceInfo, new: &Value, old: &Value) -> Res
     if &candidate == old_spec {
         Ok(())
     } else {
+        tracing::debug!(diff = %json_patch::diff(old_spec, &candidate), "forbidden pod update");
         let name = old["metadata"]["name"].as_str().unwrap_or("");
         Err(ApiError::invalid(
             res,
@@ -344,7 +352,10 @@ fn allocate_service(
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    let ips_first = spec["clusterIPs"][0]
+    let ips_first = spec
+        .get("clusterIPs")
+        .and_then(|ips| ips.get(0))
+        .unwrap_or(&Value::Null)
         .as_str()
         .filter(|s| !s.is_empty())
         .map(str::to_string);
