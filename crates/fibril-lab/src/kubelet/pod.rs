@@ -37,6 +37,8 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 const MAX_GRACE: Duration = Duration::from_secs(5);
 /// Attempts at CNI DEL before teardown goes on without it.
 const CNI_DEL_ATTEMPTS: u32 = 4;
+/// Attempts at the final API delete before leaving it to the next pod event.
+const DELETE_ATTEMPTS: u32 = 5;
 /// How long a single readiness check may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -435,10 +437,7 @@ impl PodWorker {
                 tracing::warn!(pod = %podutil::key(pod), "{msg}");
                 self.event(pod, "Warning", "FailedCreatePodSandBox", &msg)
                     .await;
-                // containerd undoes a failed ADD before trying again.
-                if let Err(e) = self.ctx.network.del(&net).await {
-                    tracing::debug!(pod = %podutil::key(pod), "CNI DEL after failed ADD: {e}");
-                }
+                // The runtime already ran DEL to undo the partial ADD, as containerd does.
                 fail(self, msg, true);
             }
         }
@@ -839,20 +838,24 @@ impl PodWorker {
             }),
             ..Default::default()
         };
-        match api
-            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp)
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(pod = %key, "pod deleted");
-                Outcome::Done
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Outcome::Done,
-            Err(e) => {
-                tracing::warn!(pod = %key, "finishing deletion: {e}");
-                Outcome::DeletePending
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let mut delay = Duration::from_millis(250);
+        for attempt in 1..=DELETE_ATTEMPTS {
+            match api.delete(name, &dp).await {
+                Ok(_) => {
+                    tracing::info!(pod = %key, "pod deleted");
+                    return Outcome::Done;
+                }
+                // Gone already, or the name now belongs to a newer pod.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Outcome::Done,
+                Err(e) => {
+                    tracing::warn!(pod = %key, "finishing deletion (attempt {attempt}): {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = next_backoff(delay);
+                }
             }
         }
+        Outcome::DeletePending
     }
 
     /// SIGTERM every container's process group, SIGKILL what is left after `grace`,
