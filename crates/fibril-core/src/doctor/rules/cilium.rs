@@ -326,7 +326,7 @@ fn metrics_cardinality(ctx: &Ctx<'_>, s: &Settings, out: &mut Vec<Finding>) {
             Finding::new(
                 RuleId::MetricsCardinality,
                 format!(
-                    "hubble metric {name} is keyed by {} without labelsContext: about {} series",
+                    "hubble metric {name} is keyed by {} without labelsContext: up to about {} series",
                     unbounded.join(", "),
                     human(series)
                 ),
