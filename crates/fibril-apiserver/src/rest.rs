@@ -178,6 +178,11 @@ pub fn create(
     mut body: Value,
 ) -> Result<Arc<Value>, ApiError> {
     check_type_meta(res, &body)?;
+    if meta_str(&body, "resourceVersion").is_some() {
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
     reconcile_namespace(res, url_ns, &mut body)?;
     let mut obj = decode(res, &body)?;
     let ns = if res.namespaced {
@@ -264,6 +269,7 @@ pub fn update(
     let key = key_for(res, url_ns, name);
     let Some(old) = txn.get(&key) else {
         if res.create_on_update && sub == Sub::Main {
+            meta_mut(&mut body).remove("resourceVersion");
             return create(txn, ctx, res, url_ns, body).map(|o| (o, true));
         }
         return Err(ApiError::NotFound {

@@ -307,50 +307,18 @@ impl Parser {
     }
 }
 
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
-/// A qualified name: optional DNS subdomain prefix and '/', then at most 63 name characters
-/// starting and ending alphanumeric.
 fn validate_key(k: &str) -> Result<(), SelectorError> {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    let bad = |why: &str| Err(SelectorError(format!("invalid label key {k:?}: {why}")));
-    if let Some(p) = prefix {
-        if p.is_empty() || fibril_core::manifest::dns1123_subdomain(p).is_some() {
-            return bad("prefix part must be a DNS-1123 subdomain");
-        }
+    match fibril_core::manifest::qualified_name(k) {
+        Some(msg) => Err(SelectorError(msg)),
+        None => Ok(()),
     }
-    if name.is_empty() || name.len() > 63 {
-        return bad("name part must be non-empty and at most 63 characters");
-    }
-    if !name.chars().all(is_name_char)
-        || !name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !name.ends_with(|c: char| c.is_ascii_alphanumeric())
-    {
-        return bad("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character");
-    }
-    Ok(())
 }
 
 fn validate_value(v: &str) -> Result<(), SelectorError> {
-    if v.is_empty() {
-        return Ok(());
+    match fibril_core::manifest::label_value(v) {
+        Some(msg) => Err(SelectorError(msg)),
+        None => Ok(()),
     }
-    if v.len() > 63
-        || !v.chars().all(is_name_char)
-        || !v.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !v.ends_with(|c: char| c.is_ascii_alphanumeric())
-    {
-        return Err(SelectorError(format!(
-            "invalid label value {v:?}: must be 63 characters or less and consist of \
-             alphanumeric characters, '-', '_' or '.', starting and ending alphanumeric"
-        )));
-    }
-    Ok(())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -370,7 +370,14 @@ async fn pods_crud_watch_bookmarks_and_restart() {
         .resource_version
         .unwrap();
     let mut raw = pods
-        .watch(&WatchParams { bookmarks: true, ..WatchParams::default() }.timeout(10), &rv)
+        .watch(
+            &WatchParams {
+                bookmarks: true,
+                ..WatchParams::default()
+            }
+            .timeout(10),
+            &rv,
+        )
         .await
         .unwrap()
         .boxed();
@@ -472,10 +479,25 @@ async fn pods_crud_watch_bookmarks_and_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_selectors_errors_and_cascades() {
+async fn services_selectors_errors_and_cascades_over_tcp() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = start(dir.path(), any_port()).await;
+    services_selectors_errors_and_cascades(client).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_selectors_errors_and_cascades_over_unix_socket() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _tcp) = start(dir.path(), any_port()).await;
+    let client = fibril_apiserver::client_for_socket(&dir.path().join("run/api.sock")).unwrap();
+    services_selectors_errors_and_cascades(client).await;
+    server.shutdown().await;
+}
+
+async fn services_selectors_errors_and_cascades(client: Client) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
 
@@ -859,5 +881,13 @@ async fn services_selectors_errors_and_cascades() {
     assert_eq!(ar.plural, "networkpolicies");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
 
-    server.shutdown().await;
+    // Creating with a resourceVersion is refused, as kube-apiserver does.
+    let mut with_rv = pod("with-rv", &[], None);
+    with_rv.metadata.resource_version = Some("5".into());
+    let (code, _, _) = api_error(
+        pods.create(&PostParams::default(), &with_rv)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
 }

@@ -603,6 +603,7 @@ fn validate(obj: &TypedManifest, problems: &mut Vec<FieldProblem>) {
             problems.push(FieldProblem::new("metadata.namespace", msg));
         }
     }
+    validate_labels(meta, "metadata", problems);
     match obj {
         TypedManifest::Pod(pod) => {
             if let Some(spec) = &pod.spec {
@@ -614,6 +615,68 @@ fn validate(obj: &TypedManifest, problems: &mut Vec<FieldProblem>) {
         TypedManifest::Deployment(d) => validate_deployment(d, problems),
         TypedManifest::Service(s) => validate_service(s, problems),
         _ => {}
+    }
+}
+
+/// Label keys and values, and annotation keys, as kube-apiserver validates them.
+fn validate_labels(meta: &ObjectMeta, path: &str, problems: &mut Vec<FieldProblem>) {
+    for (k, v) in meta.labels.iter().flatten() {
+        if let Some(msg) = qualified_name(k).or_else(|| label_value(v)) {
+            problems.push(FieldProblem::new(format!("{path}.labels"), msg));
+        }
+    }
+    for k in meta.annotations.iter().flatten().map(|(k, _)| k) {
+        if let Some(msg) = qualified_name(k) {
+            problems.push(FieldProblem::new(format!("{path}.annotations"), msg));
+        }
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+fn name_part_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(is_name_char)
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A label or annotation key: an optional DNS-subdomain prefix and '/', then a name of at
+/// most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric.
+pub fn qualified_name(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|p| dns1123_subdomain(p).is_some()) {
+        return Some(format!(
+            "invalid key {key:?}: the prefix must be a lowercase RFC 1123 subdomain"
+        ));
+    }
+    if !name_part_ok(name) {
+        return Some(format!(
+            "invalid key {key:?}: name part must consist of alphanumeric characters, '-', '_' \
+             or '.', must start and end with an alphanumeric character, and be at most 63 \
+             characters"
+        ));
+    }
+    None
+}
+
+/// A label value: empty, or at most 63 alphanumerics, '-', '_' or '.', starting and ending
+/// alphanumeric.
+pub fn label_value(value: &str) -> Option<String> {
+    if value.is_empty() || name_part_ok(value) {
+        None
+    } else {
+        Some(format!(
+            "invalid value {value:?}: a valid label must be an empty string or consist of \
+             alphanumeric characters, '-', '_' or '.', and must start and end with an \
+             alphanumeric character, at most 63 characters"
+        ))
     }
 }
 
@@ -774,6 +837,9 @@ fn validate_deployment(d: &Deployment, problems: &mut Vec<FieldProblem>) {
             )),
             Err(msg) => problems.push(FieldProblem::new("spec.selector", msg)),
         }
+    }
+    if let Some(m) = &spec.template.metadata {
+        validate_labels(m, "spec.template.metadata", problems);
     }
     match &spec.template.spec {
         Some(ps) => validate_pod_spec(ps, "spec.template.spec", problems),
@@ -1175,6 +1241,25 @@ mod tests {
             ],
             "{e}"
         );
+    }
+
+    #[test]
+    fn labels_and_annotations() {
+        let mut p = pod();
+        p["metadata"]["labels"] = json!({"ok": "", "example.com/ok": "v-1.2_3", "bad key": "x"});
+        p["metadata"]["annotations"] = json!({"Example.com/x": "anything at all"});
+        let e = decode_strict(&p).unwrap_err();
+        assert_eq!(
+            paths(&e),
+            vec!["metadata.labels", "metadata.annotations"],
+            "{e}"
+        );
+        let mut p = pod();
+        p["metadata"]["labels"] = json!({"a": "-x"});
+        let e = decode_strict(&p).unwrap_err();
+        assert!(e.to_string().contains("\"-x\""), "{e}");
+        assert!(qualified_name(&"a".repeat(64)).is_some());
+        assert!(qualified_name("app.kubernetes.io/name").is_none());
     }
 
     #[test]
