@@ -25,15 +25,16 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// One state root for the whole test binary (`FIBRIL_STATE_ROOT` is process-wide).
+/// Each test's [`LabGuard`] removes its lab's dir, and the root once it is empty.
 fn state_root() -> &'static Path {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        // SAFETY (edition 2021: safe fn): set once, before any kubelet thread reads it.
-        std::env::set_var(consts::LAB_STATE_ROOT_ENV, dir.path());
+        let dir = std::env::temp_dir().join(format!("fibril-kubelet-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Set once, before any kubelet thread reads it.
+        std::env::set_var(consts::LAB_STATE_ROOT_ENV, &dir);
         dir
     })
-    .path()
 }
 
 fn unique_lab(tag: char) -> LabSpec {
@@ -55,8 +56,8 @@ fn unique_lab(tag: char) -> LabSpec {
     }
 }
 
-/// Removes every netns of the lab (node and pods), killing what runs inside, and
-/// their `/etc/netns` dirs; on drop, also when the test panics.
+/// Removes every netns of the lab (node and pods), killing what runs inside, their
+/// `/etc/netns` dirs and the lab's state dir; on drop, also when the test panics.
 struct LabGuard {
     layout: LabLayout,
 }
@@ -96,6 +97,9 @@ impl Drop for LabGuard {
                 }
             }
         }
+        let _ = std::fs::remove_dir_all(self.layout.state_dir());
+        // Fails while another test still has its lab there; the last one removes it.
+        let _ = std::fs::remove_dir(state_root());
     }
 }
 
@@ -319,14 +323,14 @@ async fn node_ready(nodes: &Api<Node>, name: &str) -> (String, Option<String>, O
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "privileged: needs root and netns"]
 async fn kubelet_runs_pods_with_the_bridge_cni() {
-    let root = state_root();
+    state_root();
     let spec = unique_lab('k');
     let layout = spec.layout();
     let guard = LabGuard {
         layout: layout.clone(),
     };
     let node_name = layout.node_name(1);
-    let api = api_server(&root.join(layout.name().as_str()), &layout).await;
+    let api = api_server(&layout.state_dir(), &layout).await;
     let client = api.client.clone();
     let node = node_ns(&layout);
     let proxy = api_proxy(&node, api.addr).await;
@@ -396,7 +400,7 @@ async fn kubelet_runs_pods_with_the_bridge_cni() {
     .await;
 
     // The network arrives: the node turns Ready and the pods start.
-    let host_local = root.join(format!("{}-host-local", layout.name()));
+    let host_local = layout.state_dir().join("test-host-local");
     write_conflist(
         &layout,
         &node_name,
@@ -609,13 +613,13 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "privileged: needs root and netns"]
 async fn cni_failure_shows_in_pod_status() {
-    let root = state_root();
+    state_root();
     let layout = unique_lab('c').layout();
     let guard = LabGuard {
         layout: layout.clone(),
     };
     let node_name = layout.node_name(1);
-    let api = api_server(&root.join(layout.name().as_str()), &layout).await;
+    let api = api_server(&layout.state_dir(), &layout).await;
     let node = node_ns(&layout);
     let proxy = api_proxy(&node, api.addr).await;
     write_conflist(
