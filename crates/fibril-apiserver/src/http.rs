@@ -5,6 +5,7 @@
 //! `namespaces/<name>/status` special case and the legacy `/watch/` prefix), with one
 //! catch-all route per API root, so adding a resource needs no new routes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -553,17 +554,22 @@ struct ListBody<'a> {
     #[serde(rename = "apiVersion")]
     api_version: &'a str,
     metadata: Value,
-    items: Vec<Value>,
+    items: Vec<Cow<'a, Value>>,
 }
 
-fn list_body(res: &ResourceInfo, rev: u64, items: Vec<&Value>, partial: bool) -> Value {
-    let items: Vec<Value> = items
+fn list_body<'a>(
+    res: &'a ResourceInfo,
+    rev: u64,
+    items: Vec<&'a Value>,
+    partial: bool,
+) -> ListBody<'a> {
+    let items = items
         .into_iter()
         .map(|o| {
             if partial {
-                watchstream::partial_metadata(o)
+                Cow::Owned(watchstream::partial_metadata(o))
             } else {
-                o.clone()
+                Cow::Borrowed(o)
             }
         })
         .collect();
@@ -572,13 +578,12 @@ fn list_body(res: &ResourceInfo, rev: u64, items: Vec<&Value>, partial: bool) ->
     } else {
         (res.list_kind, res.api_version)
     };
-    serde_json::to_value(ListBody {
+    ListBody {
         kind,
         api_version,
         metadata: json!({"resourceVersion": rev.to_string()}),
         items,
-    })
-    .expect("JSON values serialize")
+    }
 }
 
 async fn list(
@@ -649,10 +654,10 @@ async fn watch(
         if let Some(rv) = rv.filter(|rv| *rv > 0) {
             wait_for_rev(&st.store, rv).await?;
         }
-        if initial {
-            Start::Initial { end_bookmark: true }
-        } else {
-            Start::After(st.store.rev().max(rv.unwrap_or(0)))
+        match (initial, rv) {
+            (true, _) => Start::Initial { end_bookmark: true },
+            (false, Some(rv)) if rv > 0 => Start::After(rv),
+            (false, _) => Start::After(st.store.rev()),
         }
     } else {
         match rv {

@@ -1,15 +1,35 @@
 //! fibril-apiserver: the lab's control plane, a real subset of the Kubernetes REST API.
 //!
 //! It serves namespaces, nodes, pods, services, events, endpointslices, networkpolicies and
-//! deployments with kube-apiserver's JSON shapes and semantics (resourceVersions, watches with
-//! bookmarks and streaming lists, selectors, optimistic concurrency, status subresources,
-//! graceful pod deletion, finalizers, cascading deletes, ClusterIP/NodePort allocation), so
-//! unmodified kube-rs clients (`Api<K>`, `kube::runtime::watcher`) work against it. State is
-//! kept in an embedded redb store that survives restarts, including the watch history.
+//! deployments (see [`resources`]) with kube-apiserver's JSON shapes and semantics, so that
+//! unmodified kube-rs clients (`Api<K>`, `kube::runtime::watcher`) work against it:
+//! one global resourceVersion, watches with history replay, bookmarks and streaming lists,
+//! label and field selectors, optimistic concurrency, status subresources, graceful pod
+//! deletion, finalizers, owner-reference cascade, namespace termination, ClusterIP and
+//! NodePort allocation. State lives in an embedded redb store under `data_dir` that survives
+//! restarts, watch history included.
 //!
-//! Deliberate differences from kube-apiserver are listed in the README of this crate's
-//! module docs: see [`rest::PatchKind`] (strategic merge and apply approximations) and
-//! [`http`] (no pagination).
+//! Layout: [`registry`] (the resource table), [`http`] (routing and verbs), [`rest`] (generic
+//! write logic), [`strategy`] (per-kind defaults and rules), [`alloc`] (Service addresses),
+//! [`watch`] (watch streams), [`store`] (persistence), [`selector`], [`discovery`],
+//! [`status`] (errors as `metav1.Status`), [`client`] (kube-rs clients, kubeconfig).
+//!
+//! Known differences from kube-apiserver, all deliberate:
+//! - No authentication, authorization or admission webhooks; no protobuf, no Table output.
+//! - Decoding is always strict (unknown fields and wrongly typed fields are refused with 422
+//!   naming each field path), as if `fieldValidation=Strict`.
+//! - `application/strategic-merge-patch+json` is applied as a JSON merge patch (lists are
+//!   replaced, not merged by key; `$` directives are dropped). Server-side apply is a merge
+//!   patch that creates a missing object: no managedFields, no conflict detection, fields an
+//!   applier stops sending are not removed.
+//! - `limit`/`continue` are accepted but the whole list is one page.
+//! - Field selectors accept any dotted path into the object, not only the per-kind indexed
+//!   fields.
+//! - Foreground deletion is treated as background; cascading and namespace deletion happen
+//!   synchronously in the deleting request (pods inside still get their grace period).
+//! - A pod's unset `spec.nodeName` may be set by update/patch (besides `pods/binding`).
+//! - A list with `resourceVersionMatch=Exact` only succeeds for the current revision.
+//! - There is no built-in `kubernetes` Service.
 
 pub mod alloc;
 pub mod client;
@@ -69,11 +89,21 @@ pub struct RunningApiServer {
 
 /// Opens the store, binds the listeners and returns once the server is accepting requests.
 pub async fn start(cfg: ApiServerConfig) -> anyhow::Result<RunningApiServer> {
+    start_with_history(cfg, store::DEFAULT_HISTORY_CAP).await
+}
+
+/// [`start`] with a watch history of `history_cap` events instead of the default 10,000
+/// (tests use a small one to exercise 410 Expired).
+pub async fn start_with_history(
+    cfg: ApiServerConfig,
+    history_cap: usize,
+) -> anyhow::Result<RunningApiServer> {
     let dir = cfg.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || store::Store::open(&dir))
-        .await
-        .context("opening the store")?
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let store =
+        tokio::task::spawn_blocking(move || store::Store::open_with_history(&dir, history_cap))
+            .await
+            .context("opening the store")?
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let store = Arc::new(store);
     let ctx = rest::Ctx {
         service_cidr: cfg.service_cidr,
@@ -104,6 +134,10 @@ pub async fn start(cfg: ApiServerConfig) -> anyhow::Result<RunningApiServer> {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            // A socket someone still answers on is not stale: refuse rather than steal it.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("another server is already listening on {}", path.display());
             }
             match std::fs::remove_file(path) {
                 Ok(()) => tracing::debug!(path = %path.display(), "removed stale socket"),

@@ -693,9 +693,15 @@ fn owner_uids(obj: &Value) -> Vec<String> {
 }
 
 fn uid_exists(txn: &Txn<'_>, uid: &str) -> bool {
-    txn.all()
-        .iter()
-        .any(|(_, o)| o["metadata"]["uid"].as_str() == Some(uid))
+    txn.any(|o| o["metadata"]["uid"].as_str() == Some(uid))
+}
+
+fn dependents_of(txn: &Txn<'_>, owner_uid: &str) -> Vec<(ObjKey, Arc<Value>)> {
+    txn.filter(|o| {
+        o["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(owner_uid)))
+    })
 }
 
 fn without_owner(obj: &Value, uid: &str) -> Value {
@@ -715,11 +721,7 @@ fn without_owner(obj: &Value, uid: &str) -> Value {
 /// Background garbage collection of the dependents of a removed owner: a dependent that still
 /// has another live owner only loses this reference; any other is deleted (pods gracefully).
 fn cascade(txn: &mut Txn<'_>, owner_uid: &str) -> Result<(), ApiError> {
-    let dependents: Vec<(ObjKey, Arc<Value>)> = txn
-        .all()
-        .into_iter()
-        .filter(|(_, o)| owner_uids(o).iter().any(|u| u == owner_uid))
-        .collect();
+    let dependents = dependents_of(txn, owner_uid);
     for (k, dep) in dependents {
         let Some(res) = registry::find_group_resource(&k.res) else {
             continue;
@@ -744,11 +746,7 @@ fn cascade(txn: &mut Txn<'_>, owner_uid: &str) -> Result<(), ApiError> {
 }
 
 fn orphan_dependents(txn: &mut Txn<'_>, owner_uid: &str) {
-    let dependents: Vec<(ObjKey, Arc<Value>)> = txn
-        .all()
-        .into_iter()
-        .filter(|(_, o)| owner_uids(o).iter().any(|u| u == owner_uid))
-        .collect();
+    let dependents = dependents_of(txn, owner_uid);
     for (k, dep) in dependents {
         txn.put(k, without_owner(&dep, owner_uid));
     }

@@ -463,21 +463,43 @@ impl Txn<'_> {
         out.into_iter().collect()
     }
 
-    /// Every object of every resource.
-    pub fn all(&self) -> Vec<(ObjKey, Arc<Value>)> {
-        let mut out: BTreeMap<ObjKey, Arc<Value>> = self
+    /// Every object (of any resource) for which `pred` holds, in key order. Only matches are
+    /// cloned, so scanning the whole store for owner references stays cheap.
+    pub fn filter(&self, mut pred: impl FnMut(&Value) -> bool) -> Vec<(ObjKey, Arc<Value>)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.mem.objects {
+            let current = match self.changes.get(k) {
+                Some(Some(changed)) => changed,
+                Some(None) => continue,
+                None => v,
+            };
+            if pred(current) {
+                out.push((k.clone(), current.clone()));
+            }
+        }
+        for (k, v) in &self.changes {
+            if let Some(v) = v {
+                if !self.mem.objects.contains_key(k) && pred(v) {
+                    out.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Whether any object satisfies `pred`.
+    pub fn any(&self, mut pred: impl FnMut(&Value) -> bool) -> bool {
+        let in_mem = self
             .mem
             .objects
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (k, v) in &self.changes {
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
-        }
-        out.into_iter().collect()
+            .any(|(k, v)| match self.changes.get(k) {
+                Some(Some(changed)) => pred(changed),
+                Some(None) => false,
+                None => pred(v),
+            });
+        in_mem || self.changes.values().flatten().any(|v| pred(v))
     }
 
     /// Creates or replaces the object at `key`, stamping the new revision as its
@@ -679,7 +701,9 @@ mod tests {
                     .map(|(k, _)| k.name)
                     .collect();
                 assert_eq!(names, vec!["b"]);
-                assert_eq!(tx.all().len(), 1);
+                assert_eq!(tx.filter(|_| true).len(), 1);
+                assert!(tx.any(|v| v["metadata"]["name"] == "b"));
+                assert!(!tx.any(|v| v["metadata"]["name"] == "a"));
                 assert_eq!(tx.rev(), 3);
                 Ok::<_, StoreError>(())
             })

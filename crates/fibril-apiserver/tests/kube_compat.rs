@@ -891,3 +891,85 @@ async fn services_selectors_errors_and_cascades(client: Client) {
     );
     assert_eq!(code, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_resource_version_makes_the_watcher_relist() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let server = fibril_apiserver::start_with_history(config(dir.path(), any_port()), 5)
+        .await
+        .unwrap();
+    let client =
+        fibril_apiserver::client_for_url(&format!("http://{}", server.tcp_addr.unwrap())).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&PostParams::default(), &pod("first", &[], None))
+        .await
+        .unwrap();
+    let old_rv = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+
+    // The server ends each watch after a second; the watcher is not polled meanwhile.
+    let mut w = watcher(pods.clone(), watcher::Config::default().timeout(1)).boxed();
+    let mut log = Vec::new();
+    while !log.contains(&"InitDone".to_string()) {
+        let ev = tokio::time::timeout(WAIT, w.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        log.push(format!("{ev:?}").split('(').next().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..8 {
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("later-{i}"), &[], None),
+        )
+        .await
+        .unwrap();
+    }
+
+    // A raw watch from the compacted revision gets one ERROR event: 410 Expired.
+    let events: Vec<WatchEvent<Pod>> = tokio::time::timeout(
+        WAIT,
+        pods.watch(&WatchParams::default().timeout(5), &old_rv)
+            .await
+            .unwrap()
+            .take(1)
+            .try_collect(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    match &events[..] {
+        [WatchEvent::Error(e)] => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected one 410 ERROR event, got {other:?}"),
+    }
+
+    // The watcher resumes from its (now compacted) revision, gets 410, and relists.
+    let mut relisted = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut saw_init = false;
+    loop {
+        match tokio::time::timeout_at(deadline, w.next())
+            .await
+            .expect("relist in time")
+        {
+            Some(Ok(Event::Init)) => saw_init = true,
+            Some(Ok(Event::InitApply(p))) if saw_init => {
+                relisted.insert(p.name_any());
+            }
+            Some(Ok(Event::InitDone)) if saw_init => break,
+            Some(Err(e)) => tracing::debug!("expected watcher error: {e}"),
+            Some(Ok(_)) => {}
+            None => panic!("watcher ended"),
+        }
+    }
+    assert_eq!(relisted.len(), 9, "{relisted:?}");
+    server.shutdown().await;
+}
