@@ -4,6 +4,7 @@
 //! A file that cannot be read becomes an `input-unparsable` finding like a file that cannot be
 //! parsed, so one bad path never hides what the other inputs show.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -90,19 +91,25 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let mut findings = doctor::diagnose(&inputs);
     findings.append(&mut unreadable);
     doctor::sort_findings(&mut findings);
-    match args.output {
-        DoctorOutput::Text => print!("{}", doctor::output::text(&findings)),
-        DoctorOutput::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&doctor::output::json(&findings))?
-        ),
-        DoctorOutput::Sarif => println!(
-            "{}",
+    let rendered = match args.output {
+        DoctorOutput::Text => doctor::output::text(&findings),
+        DoctorOutput::Json => {
+            serde_json::to_string_pretty(&doctor::output::json(&findings))? + "\n"
+        }
+        DoctorOutput::Sarif => {
             serde_json::to_string_pretty(&doctor::output::sarif(
                 &findings,
-                env!("CARGO_PKG_VERSION")
-            ))?
-        ),
+                env!("CARGO_PKG_VERSION"),
+            ))? + "\n"
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is the reader's choice, not an error.
+    match out.write_all(rendered.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("writing the report")
+        }
+        _ => {}
     }
     Ok(if doctor::fails(&findings, args.fail_on.into()) {
         ExitCode::from(1)
