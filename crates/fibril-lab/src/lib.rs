@@ -7,11 +7,8 @@
 pub mod cni;
 pub mod controllers;
 pub mod kubelet;
-#[cfg(feature = "wiring")]
 pub mod lab;
-#[cfg(feature = "wiring")]
 pub mod node_agent;
-#[cfg(feature = "wiring")]
 pub mod supervisor;
 pub mod topology;
 pub mod workload;

@@ -1,6 +1,7 @@
 //! The `fibril` command: parses arguments and calls the libraries.
 
 mod bpf_cmd;
+mod doctor_cmd;
 mod lab_cmd;
 mod output;
 
@@ -29,6 +30,9 @@ enum Command {
     /// Inspect fibril's BPF maps.
     #[command(subcommand)]
     Bpf(BpfCommand),
+    /// Check a fibril or Cilium cluster's exported state (or a live lab) for the
+    /// misconfigurations behind known incidents.
+    Doctor(doctor_cmd::DoctorArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -303,6 +307,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             .await
             .map(|_| ok),
         },
+        Command::Doctor(args) => doctor_cmd::run(args),
         Command::Bpf(BpfCommand::Counters { lab, node, output }) => {
             bpf_cmd::counters(&lab.name, node.as_deref(), output)
                 .await
