@@ -383,6 +383,11 @@ fn store_update(
     }
 
     let stored = txn.put(key.clone(), new);
+    if res.kind == "Namespace" {
+        // A terminating namespace goes when it is empty, not on its own update.
+        finalize_namespace_if_empty(txn, &key.name);
+        return Ok(txn.get(key).unwrap_or(stored));
+    }
     let done_finalizing = meta_str(&stored, "deletionTimestamp").is_some()
         && finalizers(&stored).is_empty()
         && stored["metadata"]["deletionGracePeriodSeconds"]
@@ -883,4 +888,623 @@ pub fn bootstrap(txn: &mut Txn<'_>, ctx: &Ctx) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    struct Env {
+        _dir: tempfile::TempDir,
+        store: Store,
+        ctx: Ctx,
+    }
+
+    impl Env {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let ctx = Ctx {
+                service_cidr: "10.96.0.0/24".parse().unwrap(),
+            };
+            store.write(false, |txn| bootstrap(txn, &ctx)).unwrap();
+            Self {
+                _dir: dir,
+                store,
+                ctx,
+            }
+        }
+
+        fn run<T>(
+            &self,
+            f: impl FnOnce(&mut Txn<'_>, &Ctx) -> Result<T, ApiError>,
+        ) -> Result<T, ApiError> {
+            self.store.write(false, |txn| f(txn, &self.ctx))
+        }
+
+        fn create(
+            &self,
+            kind: &str,
+            ns: Option<&str>,
+            body: Value,
+        ) -> Result<Arc<Value>, ApiError> {
+            let res = res(kind);
+            self.run(|txn, ctx| create(txn, ctx, res, ns, body))
+        }
+
+        fn update(
+            &self,
+            kind: &str,
+            ns: Option<&str>,
+            body: Value,
+            sub: Sub,
+        ) -> Result<Arc<Value>, ApiError> {
+            let res = res(kind);
+            let name = body["metadata"]["name"].as_str().unwrap().to_string();
+            self.run(|txn, ctx| update(txn, ctx, res, ns, &name, body, sub))
+                .map(|(o, _)| o)
+        }
+
+        fn patch(
+            &self,
+            kind: &str,
+            ns: Option<&str>,
+            name: &str,
+            pk: PatchKind,
+            body: Value,
+        ) -> Result<Arc<Value>, ApiError> {
+            let res = res(kind);
+            let bytes = serde_json::to_vec(&body).unwrap();
+            self.run(|txn, ctx| patch(txn, ctx, res, ns, name, pk, &bytes, Sub::Main))
+                .map(|(o, _)| o)
+        }
+
+        fn delete(
+            &self,
+            kind: &str,
+            ns: Option<&str>,
+            name: &str,
+            opts: DeleteOptions,
+        ) -> Result<Deleted, ApiError> {
+            let res = res(kind);
+            let key = key_for(res, ns, name);
+            self.run(|txn, _| delete(txn, res, &key, &opts))
+        }
+
+        fn get(&self, kind: &str, ns: Option<&str>, name: &str) -> Option<Arc<Value>> {
+            self.store.get(&key_for(res(kind), ns, name))
+        }
+    }
+
+    fn res(kind: &str) -> &'static ResourceInfo {
+        registry::resources()
+            .iter()
+            .find(|r| r.kind == kind)
+            .unwrap()
+    }
+
+    fn pod(name: &str, node: Option<&str>) -> Value {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                           "spec": {"containers": [{"name": "c", "image": "img:1"}]}});
+        if let Some(n) = node {
+            p["spec"]["nodeName"] = json!(n);
+        }
+        p
+    }
+
+    fn grace(g: i64) -> DeleteOptions {
+        DeleteOptions {
+            grace_period_seconds: Some(g),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn create_sets_system_fields_and_defaults() {
+        let env = Env::new();
+        let mut body = pod("", None);
+        body["metadata"] = json!({"generateName": "web-"});
+        let p = env.create("Pod", Some("default"), body).unwrap();
+        let name = p["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+        assert!(p["metadata"]["uid"].is_string());
+        assert!(p["metadata"]["creationTimestamp"].is_string());
+        assert_eq!(p["metadata"]["namespace"], "default");
+        assert_eq!(
+            p["status"],
+            json!({"phase": "Pending", "qosClass": "BestEffort"})
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+        assert_eq!(p["spec"]["dnsPolicy"], "ClusterFirst");
+        let e = env
+            .create("Pod", Some("other"), pod("x", None))
+            .unwrap_err();
+        assert!(
+            matches!(e, ApiError::NamespaceNotFound(ref n) if n == "other"),
+            "{e}"
+        );
+        let mut wrong_ns = pod("x", None);
+        wrong_ns["metadata"]["namespace"] = json!("kube-system");
+        assert!(matches!(
+            env.create("Pod", Some("default"), wrong_ns),
+            Err(ApiError::BadRequest { .. })
+        ));
+        let mut wrong_kind = pod("x", None);
+        wrong_kind["kind"] = json!("Service");
+        assert!(matches!(
+            env.create("Pod", Some("default"), wrong_kind),
+            Err(ApiError::BadRequest { .. })
+        ));
+    }
+
+    #[test]
+    fn optimistic_concurrency_and_noop_updates() {
+        let env = Env::new();
+        let p = env.create("Pod", Some("default"), pod("p", None)).unwrap();
+        let mut stale = p.as_ref().clone();
+        stale["metadata"]["labels"] = json!({"a": "1"});
+        let p2 = env
+            .update("Pod", Some("default"), stale.clone(), Sub::Main)
+            .unwrap();
+        assert_ne!(
+            p2["metadata"]["resourceVersion"],
+            p["metadata"]["resourceVersion"]
+        );
+        let e = env
+            .update("Pod", Some("default"), stale, Sub::Main)
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Conflict { .. }), "{e}");
+        let rev = env.store.rev();
+        let same = env
+            .update("Pod", Some("default"), p2.as_ref().clone(), Sub::Main)
+            .unwrap();
+        assert_eq!(same, p2);
+        assert_eq!(env.store.rev(), rev, "a no-op update writes nothing");
+    }
+
+    #[test]
+    fn status_subresource_split() {
+        let env = Env::new();
+        let p = env.create("Pod", Some("default"), pod("p", None)).unwrap();
+        let mut main = p.as_ref().clone();
+        main["status"]["phase"] = json!("Running");
+        main["metadata"]["labels"] = json!({"x": "y"});
+        let after = env.update("Pod", Some("default"), main, Sub::Main).unwrap();
+        assert_eq!(after["status"]["phase"], "Pending");
+        assert_eq!(after["metadata"]["labels"]["x"], "y");
+        let mut st = after.as_ref().clone();
+        st["status"]["phase"] = json!("Running");
+        st["metadata"]["labels"] = json!({"x": "z"});
+        let after = env.update("Pod", Some("default"), st, Sub::Status).unwrap();
+        assert_eq!(after["status"]["phase"], "Running");
+        assert_eq!(after["metadata"]["labels"]["x"], "y");
+    }
+
+    #[test]
+    fn pod_spec_is_mostly_immutable() {
+        let env = Env::new();
+        env.create("Pod", Some("default"), pod("p", None)).unwrap();
+        let bind = |node: &str| {
+            env.patch(
+                "Pod",
+                Some("default"),
+                "p",
+                PatchKind::Merge,
+                json!({"spec": {"nodeName": node}}),
+            )
+        };
+        bind("node-1").unwrap();
+        assert!(matches!(bind("node-2"), Err(ApiError::Invalid { .. })));
+        let img = env.patch(
+            "Pod",
+            Some("default"),
+            "p",
+            PatchKind::Json,
+            json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "img:2"}]),
+        );
+        assert_eq!(img.unwrap()["spec"]["containers"][0]["image"], "img:2");
+        let renamed = env.patch(
+            "Pod",
+            Some("default"),
+            "p",
+            PatchKind::Json,
+            json!([{"op": "replace", "path": "/spec/containers/0/name", "value": "d"}]),
+        );
+        match renamed {
+            Err(ApiError::Invalid { causes, .. }) => assert_eq!(causes[0].field, "spec"),
+            other => panic!("{other:?}"),
+        }
+        let failed_test = env.patch(
+            "Pod",
+            Some("default"),
+            "p",
+            PatchKind::Json,
+            json!([{"op": "test", "path": "/metadata/name", "value": "q"}]),
+        );
+        assert!(matches!(failed_test, Err(ApiError::Invalid { .. })));
+    }
+
+    #[test]
+    fn graceful_pod_deletion() {
+        let env = Env::new();
+        env.create("Pod", Some("default"), pod("p", Some("node-1")))
+            .unwrap();
+        let Deleted::Pending(p) = env
+            .delete("Pod", Some("default"), "p", DeleteOptions::default())
+            .unwrap()
+        else {
+            panic!("scheduled pods are deleted gracefully");
+        };
+        assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 30);
+        let Deleted::Pending(p) = env.delete("Pod", Some("default"), "p", grace(10)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 10);
+        let Deleted::Pending(p) = env.delete("Pod", Some("default"), "p", grace(20)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            p["metadata"]["deletionGracePeriodSeconds"], 10,
+            "grace only shortens"
+        );
+        assert!(matches!(
+            env.delete("Pod", Some("default"), "p", grace(0)).unwrap(),
+            Deleted::Removed(_)
+        ));
+        assert!(env.get("Pod", Some("default"), "p").is_none());
+        // Terminal pods go at once.
+        env.create("Pod", Some("default"), pod("done", Some("node-1")))
+            .unwrap();
+        let st = json!({"status": {"phase": "Succeeded"}});
+        let bytes = serde_json::to_vec(&st).unwrap();
+        env.run(|txn, ctx| {
+            patch(
+                txn,
+                ctx,
+                res("Pod"),
+                Some("default"),
+                "done",
+                PatchKind::Merge,
+                &bytes,
+                Sub::Status,
+            )
+        })
+        .unwrap();
+        assert!(matches!(
+            env.delete("Pod", Some("default"), "done", DeleteOptions::default())
+                .unwrap(),
+            Deleted::Removed(_)
+        ));
+    }
+
+    #[test]
+    fn finalizers_hold_deletion() {
+        let env = Env::new();
+        let mut body = pod("f", None);
+        body["metadata"]["finalizers"] = json!(["a/b"]);
+        env.create("Pod", Some("default"), body).unwrap();
+        assert!(matches!(
+            env.delete("Pod", Some("default"), "f", DeleteOptions::default())
+                .unwrap(),
+            Deleted::Pending(_)
+        ));
+        let add = env.patch(
+            "Pod",
+            Some("default"),
+            "f",
+            PatchKind::Merge,
+            json!({"metadata": {"finalizers": ["a/b", "c/d"]}}),
+        );
+        assert!(matches!(add, Err(ApiError::Invalid { .. })));
+        env.patch(
+            "Pod",
+            Some("default"),
+            "f",
+            PatchKind::Merge,
+            json!({"metadata": {"finalizers": []}}),
+        )
+        .unwrap();
+        assert!(env.get("Pod", Some("default"), "f").is_none());
+    }
+
+    fn owned_by(name: &str, uids: &[&str]) -> Value {
+        let mut p = pod(name, None);
+        p["metadata"]["ownerReferences"] = uids
+            .iter()
+            .map(|u| json!({"apiVersion": "v1", "kind": "Service", "name": "o", "uid": u}))
+            .collect();
+        p
+    }
+
+    fn svc(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+               "spec": {"ports": [{"port": 80}]}})
+    }
+
+    #[test]
+    fn owner_reference_cascade() {
+        let env = Env::new();
+        let a = env.create("Service", Some("default"), svc("a")).unwrap();
+        let b = env.create("Service", Some("default"), svc("b")).unwrap();
+        let (ua, ub) = (
+            a["metadata"]["uid"].as_str().unwrap(),
+            b["metadata"]["uid"].as_str().unwrap(),
+        );
+        env.create("Pod", Some("default"), owned_by("both", &[ua, ub]))
+            .unwrap();
+        env.create("Pod", Some("default"), owned_by("only-a", &[ua]))
+            .unwrap();
+        env.create("Pod", Some("default"), owned_by("orphan-me", &[ub]))
+            .unwrap();
+        env.delete("Service", Some("default"), "a", DeleteOptions::default())
+            .unwrap();
+        assert!(env.get("Pod", Some("default"), "only-a").is_none());
+        let both = env.get("Pod", Some("default"), "both").unwrap();
+        assert_eq!(
+            both["metadata"]["ownerReferences"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let orphan = DeleteOptions {
+            propagation_policy: Some("Orphan".into()),
+            ..Default::default()
+        };
+        env.delete("Service", Some("default"), "b", orphan).unwrap();
+        let kept = env.get("Pod", Some("default"), "orphan-me").unwrap();
+        assert!(kept["metadata"].get("ownerReferences").is_none());
+        assert!(env.get("Pod", Some("default"), "both").unwrap()["metadata"]
+            .get("ownerReferences")
+            .is_none());
+    }
+
+    #[test]
+    fn namespace_termination() {
+        let env = Env::new();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t"}});
+        env.create("Namespace", None, ns).unwrap();
+        env.create("Pod", Some("t"), pod("running", Some("node-1")))
+            .unwrap();
+        env.create("Pod", Some("t"), pod("pending", None)).unwrap();
+        env.create("Service", Some("t"), svc("s")).unwrap();
+        let Deleted::Pending(n) = env
+            .delete("Namespace", None, "t", DeleteOptions::default())
+            .unwrap()
+        else {
+            panic!("a namespace with a terminating pod stays");
+        };
+        assert_eq!(n["status"]["phase"], "Terminating");
+        assert!(env.get("Pod", Some("t"), "pending").is_none());
+        assert!(env.get("Service", Some("t"), "s").is_none());
+        assert!(
+            env.get("Pod", Some("t"), "running").unwrap()["metadata"]["deletionTimestamp"]
+                .is_string()
+        );
+        assert!(matches!(
+            env.create("Pod", Some("t"), pod("new", None)),
+            Err(ApiError::Forbidden { .. })
+        ));
+        // Updating the terminating namespace does not remove it early.
+        env.patch(
+            "Namespace",
+            None,
+            "t",
+            PatchKind::Merge,
+            json!({"metadata": {"labels": {"x": "y"}}}),
+        )
+        .unwrap();
+        assert!(env.get("Namespace", None, "t").is_some());
+        // The kubelet's final delete empties it, and the namespace goes.
+        env.delete("Pod", Some("t"), "running", grace(0)).unwrap();
+        assert!(env.get("Namespace", None, "t").is_none());
+        assert!(matches!(
+            env.delete("Namespace", None, "kube-system", DeleteOptions::default()),
+            Err(ApiError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn service_addresses() {
+        let env = Env::new();
+        let s = env.create("Service", Some("default"), svc("a")).unwrap();
+        let ip = s["spec"]["clusterIP"].as_str().unwrap().to_string();
+        assert_eq!(s["spec"]["clusterIPs"], json!([ip]));
+        // A PUT without the ClusterIP keeps it; changing it is refused.
+        let mut body = s.as_ref().clone();
+        body["spec"].as_object_mut().unwrap().remove("clusterIP");
+        body["spec"].as_object_mut().unwrap().remove("clusterIPs");
+        let kept = env
+            .update("Service", Some("default"), body, Sub::Main)
+            .unwrap();
+        assert_eq!(kept["spec"]["clusterIP"], json!(ip));
+        let moved = env.patch(
+            "Service",
+            Some("default"),
+            "a",
+            PatchKind::Merge,
+            json!({"spec": {"clusterIP": "10.96.0.200", "clusterIPs": null}}),
+        );
+        match moved {
+            Err(ApiError::Invalid { causes, .. }) => assert_eq!(causes[0].field, "spec.clusterIP"),
+            other => panic!("{other:?}"),
+        }
+        // To NodePort and back.
+        let np = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Merge,
+                json!({"spec": {"type": "NodePort"}}),
+            )
+            .unwrap();
+        let port = np["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+        assert!((30000..=32767).contains(&port));
+        assert_eq!(np["spec"]["clusterIP"], json!(ip));
+        let again = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Merge,
+                json!({"metadata": {"labels": {"l": "1"}}}),
+            )
+            .unwrap();
+        assert_eq!(
+            again["spec"]["ports"][0]["nodePort"],
+            json!(port),
+            "NodePorts are kept"
+        );
+        let back = env.patch(
+            "Service",
+            Some("default"),
+            "a",
+            PatchKind::Merge,
+            json!({"spec": {"type": "ClusterIP"}}),
+        );
+        assert!(
+            matches!(back, Err(ApiError::Invalid { .. })),
+            "nodePort must be cleared too"
+        );
+        let back = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Json,
+                json!([
+                    {"op": "replace", "path": "/spec/type", "value": "ClusterIP"},
+                    {"op": "remove", "path": "/spec/ports/0/nodePort"},
+                    {"op": "remove", "path": "/spec/externalTrafficPolicy"}
+                ]),
+            )
+            .unwrap();
+        assert!(back["spec"]["ports"][0].get("nodePort").is_none());
+        // Headless and ExternalName services have no allocated address.
+        let mut headless = svc("h");
+        headless["spec"]["clusterIP"] = json!("None");
+        let h = env.create("Service", Some("default"), headless).unwrap();
+        assert_eq!(h["spec"]["clusterIPs"], json!(["None"]));
+        let ext = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"},
+                         "spec": {"type": "ExternalName", "externalName": "example.com"}});
+        let e = env.create("Service", Some("default"), ext).unwrap();
+        assert!(e["spec"].get("clusterIP").is_none());
+        // Out-of-range requests name the field.
+        let mut far = svc("far");
+        far["spec"]["clusterIP"] = json!("10.1.0.1");
+        match env.create("Service", Some("default"), far) {
+            Err(ApiError::Invalid { causes, .. }) => {
+                assert_eq!(causes[0].field, "spec.clusterIP");
+                assert!(
+                    causes[0].message.contains("not in the valid range"),
+                    "{}",
+                    causes[0].message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn apply_and_strategic_patches() {
+        let env = Env::new();
+        let body = serde_json::to_vec(&pod("a", None)).unwrap();
+        let (created, was_created) = env
+            .run(|txn, ctx| {
+                patch(
+                    txn,
+                    ctx,
+                    res("Pod"),
+                    Some("default"),
+                    "a",
+                    PatchKind::Apply,
+                    &body,
+                    Sub::Main,
+                )
+            })
+            .unwrap();
+        assert!(was_created);
+        assert_eq!(created["status"]["phase"], "Pending");
+        let yaml = b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  labels:\n    via: yaml\n";
+        let (applied, was_created) = env
+            .run(|txn, ctx| {
+                patch(
+                    txn,
+                    ctx,
+                    res("Pod"),
+                    Some("default"),
+                    "a",
+                    PatchKind::Apply,
+                    yaml,
+                    Sub::Main,
+                )
+            })
+            .unwrap();
+        assert!(!was_created);
+        assert_eq!(applied["metadata"]["labels"]["via"], "yaml");
+        let smp = json!({"metadata": {"labels": {"s": "1"}},
+                         "spec": {"$setElementOrder/containers": [{"name": "c"}]}});
+        let p = env
+            .patch("Pod", Some("default"), "a", PatchKind::Strategic, smp)
+            .unwrap();
+        assert_eq!(p["metadata"]["labels"]["s"], "1");
+    }
+
+    #[test]
+    fn binding() {
+        let env = Env::new();
+        env.create("Pod", Some("default"), pod("p", None)).unwrap();
+        let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"},
+                       "target": {"kind": "Node", "name": "node-1"}});
+        env.run(|txn, _| bind(txn, res("Pod"), "default", "p", &b))
+            .unwrap();
+        let p = env.get("Pod", Some("default"), "p").unwrap();
+        assert_eq!(p["spec"]["nodeName"], "node-1");
+        assert_eq!(p["status"]["conditions"][0]["type"], "PodScheduled");
+        let again = env.run(|txn, _| bind(txn, res("Pod"), "default", "p", &b));
+        assert!(matches!(again, Err(ApiError::Conflict { .. })));
+    }
+
+    #[test]
+    fn deployment_generation() {
+        let env = Env::new();
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                       "spec": {"selector": {"matchLabels": {"a": "b"}},
+                                "template": {"metadata": {"labels": {"a": "b"}},
+                                             "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let d = env.create("Deployment", Some("default"), d).unwrap();
+        assert_eq!(d["metadata"]["generation"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        let d = env
+            .patch(
+                "Deployment",
+                Some("default"),
+                "d",
+                PatchKind::Merge,
+                json!({"metadata": {"labels": {"x": "1"}}}),
+            )
+            .unwrap();
+        assert_eq!(
+            d["metadata"]["generation"], 1,
+            "metadata changes keep the generation"
+        );
+        let d = env
+            .patch(
+                "Deployment",
+                Some("default"),
+                "d",
+                PatchKind::Merge,
+                json!({"spec": {"replicas": 2}}),
+            )
+            .unwrap();
+        assert_eq!(d["metadata"]["generation"], 2);
+    }
 }
