@@ -42,3 +42,9 @@ pub const ECHO_CLIENTIP_PATH: &str = "/clientip";
 
 /// Cluster DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Log filter directives appended everywhere: netlink-packet-route warns on every dump
+/// about attributes newer kernels added, which is noise, not a problem.
+pub const LOG_QUIET_DEPS: &str = "netlink_packet_route=error";
+/// Default log filter of lab components (their logs go to the lab's log dir).
+pub const COMPONENT_LOG_FILTER: &str = "info,netlink_packet_route=error";

@@ -224,7 +224,7 @@ fn spawn_supervisor(layout: &LabLayout, exe: &Path) -> anyhow::Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log);
     if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", fibril_core::consts::COMPONENT_LOG_FILTER);
     }
     // Its own session: the supervisor outlives the `lab up` command and its terminal.
     // SAFETY: setsid is async-signal-safe.

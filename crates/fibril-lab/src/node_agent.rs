@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::TryStreamExt as _;
+use futures::StreamExt as _;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
@@ -80,7 +80,12 @@ pub async fn run(client: kube::Client, layout: LabLayout, node: String) -> anyho
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .try_for_each(|_| async { Ok(()) });
+        // The watcher retries with back-off; its errors are reported, never fatal.
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "node watch");
+            }
+        });
     let watch_task = tokio::spawn(stream);
 
     let pin_dir = layout.node_bpf_pin_dir(&node);

@@ -248,7 +248,7 @@ fn command_for(
         .stdout(log.try_clone()?)
         .stderr(log);
     if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", fibril_core::consts::COMPONENT_LOG_FILTER);
     }
     let ns = fibril_netlink::NetNs::open(&spec.netns)
         .with_context(|| format!("opening netns {} for {}", spec.netns, spec.id))?;

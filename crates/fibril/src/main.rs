@@ -91,7 +91,8 @@ enum LabCommand {
         lab: LabSel,
         /// pods, services, nodes, namespaces, endpointslices, deployments, networkpolicies, events (or short names).
         kind: String,
-        name: Option<String>,
+        #[arg(value_name = "NAME")]
+        object: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
         #[arg(short = 'A', long)]
@@ -209,11 +210,13 @@ enum BpfCommand {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,{}", fibril_core::consts::LOG_QUIET_DEPS))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -257,13 +260,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             LabCommand::Get {
                 lab,
                 kind,
-                name,
+                object,
                 namespace,
                 all_namespaces,
                 output,
             } => {
                 let ns = (!all_namespaces).then_some(namespace);
-                l::get(&lab.name, &kind, name.as_deref(), ns.as_deref(), output)
+                l::get(&lab.name, &kind, object.as_deref(), ns.as_deref(), output)
                     .await
                     .map(|_| ok)
             }
@@ -313,5 +316,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 .await
                 .map(|_| ok)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }
