@@ -178,6 +178,10 @@ pub async fn start_with_history(
             }
         }));
     }
+    tasks.push(tokio::spawn(rest::expire_events_periodically(
+        store.clone(),
+        shutdown_rx.clone(),
+    )));
     tracing::info!(
         tcp = ?tcp_addr,
         unix = ?cfg.unix_socket,

@@ -878,6 +878,70 @@ pub fn bind(
     Ok(())
 }
 
+/// How long an Event lives after it was last recorded (kube-apiserver's `--event-ttl`).
+pub const EVENT_TTL: ChronoDuration = ChronoDuration::hours(1);
+
+/// How often expired Events are collected.
+const EVENT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// When an Event was last recorded: the latest of its timestamps.
+fn event_last_seen(ev: &Value) -> Option<chrono::DateTime<Utc>> {
+    [
+        ev.pointer("/series/lastObservedTime"),
+        ev.get("lastTimestamp"),
+        ev.get("eventTime"),
+        ev.pointer("/metadata/creationTimestamp"),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(Value::as_str)
+    .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    .map(|t| t.with_timezone(&Utc))
+    .max()
+}
+
+/// Deletes Events last recorded before `cutoff` (emitting DELETED, as an etcd lease expiry
+/// does). Returns how many went.
+pub fn expire_events(txn: &mut Txn<'_>, cutoff: chrono::DateTime<Utc>) -> usize {
+    let res = registry::find("", "v1", "events").expect("events are served");
+    let expired: Vec<ObjKey> = txn
+        .list(&res.group_resource(), None)
+        .into_iter()
+        .filter(|(_, ev)| event_last_seen(ev).is_some_and(|t| t < cutoff))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &expired {
+        txn.delete(k);
+    }
+    expired.len()
+}
+
+/// Runs [`expire_events`] every minute until shutdown.
+pub async fn expire_events_periodically(
+    store: Arc<crate::store::Store>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(EVENT_GC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let store = store.clone();
+        let cutoff = Utc::now() - EVENT_TTL;
+        let res = tokio::task::spawn_blocking(move || {
+            store.write(false, |txn| Ok::<_, ApiError>(expire_events(txn, cutoff)))
+        })
+        .await;
+        match res {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(count = n, "expired events"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "expiring events"),
+            Err(e) => tracing::warn!(error = %e, "expiring events"),
+        }
+    }
+}
+
 /// Creates the namespaces every cluster starts with, if missing.
 pub fn bootstrap(txn: &mut Txn<'_>, ctx: &Ctx) -> Result<(), ApiError> {
     let nsres = registry::namespaces();
@@ -1470,6 +1534,28 @@ mod tests {
         assert_eq!(p["status"]["conditions"][0]["type"], "PodScheduled");
         let again = env.run(|txn, _| bind(txn, res("Pod"), "default", "p", &b));
         assert!(matches!(again, Err(ApiError::Conflict { .. })));
+    }
+
+    #[test]
+    fn events_expire() {
+        let env = Env::new();
+        let ev = |name: &str, last: &str| {
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name},
+                   "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+                   "reason": "Started", "lastTimestamp": last})
+        };
+        env.create("Event", Some("default"), ev("old", "2020-01-01T00:00:00Z"))
+            .unwrap();
+        let later =
+            (Utc::now() + ChronoDuration::hours(3)).to_rfc3339_opts(SecondsFormat::Secs, true);
+        env.create("Event", Some("default"), ev("new", &later))
+            .unwrap();
+        // Both were created now; only "new" was recorded after the cutoff.
+        let cutoff = Utc::now() + ChronoDuration::hours(2);
+        let gone = env.run(|txn, _| Ok(expire_events(txn, cutoff))).unwrap();
+        assert_eq!(gone, 1);
+        assert!(env.get("Event", Some("default"), "old").is_none());
+        assert!(env.get("Event", Some("default"), "new").is_some());
     }
 
     #[test]
