@@ -86,12 +86,7 @@ fn supervisor_pid(layout: &LabLayout) -> Option<u32> {
 
 /// Is this pid the supervisor of this lab (and not a recycled pid)?
 fn is_our_supervisor(pid: u32, name: &LabName) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let has = |s: &str| args.iter().any(|a| *a == s.as_bytes());
-    has("supervise") && has(name.as_str())
+    topology::is_lab_supervisor(pid as i32, name.as_str())
 }
 
 fn require_root() -> anyhow::Result<()> {

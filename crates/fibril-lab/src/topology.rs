@@ -494,7 +494,7 @@ fn read_spec_hint(state_file: &Path) -> Option<LabSpec> {
 /// The supervisor runs in the root namespace, so it is identified by its command line:
 /// a fibril binary given this lab's name as a whole argument (`--name L` or
 /// `--name=L`), and never this process.
-fn is_lab_supervisor(pid: i32, lab: &str) -> bool {
+pub fn is_lab_supervisor(pid: i32, lab: &str) -> bool {
     if pid <= 1 || pid as u32 == std::process::id() {
         return false;
     }
