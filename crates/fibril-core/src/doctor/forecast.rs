@@ -499,7 +499,7 @@ pub fn simulate(m: &PoolModel, max_steps: u128) -> Result<Forecast, ForecastErro
         };
         let pick = (0..n)
             .map(|i| (start + i) % n)
-            .find(|&b| !used[b] && !(m.skip_conflicts && conflict[b].is_some()));
+            .find(|&b| !(used[b] || (m.skip_conflicts && conflict[b].is_some())));
         let Some(b) = pick else {
             return Ok(Forecast::Hit {
                 step,

@@ -403,6 +403,8 @@ pub struct Settings {
     pub hubble_metrics: Option<Found>,
     pub k8s_service_host: Option<Found>,
     pub k8s_service_port: Option<Found>,
+    /// The values file, when one was given and parsed.
+    pub values_file: Option<String>,
 }
 
 impl Settings {
@@ -463,6 +465,7 @@ impl Settings {
             hubble_metrics: v.get("hubble.metrics.enabled", "hubble-metrics"),
             k8s_service_host: v.get("k8sServiceHost", "k8s-service-host"),
             k8s_service_port: v.get("k8sServicePort", "k8s-service-port"),
+            values_file: v.values.as_ref().map(|(f, _, _)| f.clone()),
         }
     }
 

@@ -135,14 +135,10 @@ fn native_routing_cidr(ctx: &Ctx<'_>, s: &Settings, out: &mut Vec<Finding>) {
 fn k8s_service_host(_ctx: &Ctx<'_>, s: &Settings, out: &mut Vec<Finding>) {
     // The ConfigMap does not carry these (they are env vars on the DaemonSet), so only a values
     // file can show them missing.
-    if !s.kube_proxy_replacement.truthy()
-        || !s
-            .kube_proxy_replacement
-            .evidence
-            .key
-            .as_deref()
-            .is_some_and(|k| !k.starts_with("data."))
-    {
+    let Some(values_file) = s.values_file.as_deref() else {
+        return;
+    };
+    if !s.kube_proxy_replacement.truthy() {
         return;
     }
     let missing: Vec<&str> = [
@@ -162,9 +158,7 @@ fn k8s_service_host(_ctx: &Ctx<'_>, s: &Settings, out: &mut Vec<Finding>) {
     )
     .evidence(s.kube_proxy_replacement.evidence.clone());
     for k in &missing {
-        f = f.evidence(
-            Evidence::new(s.kube_proxy_replacement.evidence.file.clone(), "unset").key(*k),
-        );
+        f = f.evidence(Evidence::new(values_file, "unset").key(*k));
     }
     out.push(
         f.why("without kube-proxy the agent and operator reach the API server through the kubernetes Service, which only they can implement: they crash-loop at bootstrap, or depend on a leftover kube-proxy rule")
@@ -284,7 +278,7 @@ fn metrics_cardinality(ctx: &Ctx<'_>, s: &Settings, out: &mut Vec<Finding>) {
                 bounded = true;
                 continue;
             }
-            if k == "port" || (k == "port" && v.is_empty()) {
+            if k == "port" {
                 port = true;
                 continue;
             }
