@@ -1,6 +1,8 @@
 //! The pool forecast against a brute-force simulation of every allocation.
 
-use fibril_core::doctor::forecast::{forecast, simulate, BlockSpace, Event, Forecast, Order, PoolModel, Release};
+use fibril_core::doctor::forecast::{
+    forecast, simulate, BlockSpace, Event, Forecast, Order, PoolModel, Release,
+};
 use ipnet::{IpNet, Ipv4Net};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -31,7 +33,10 @@ fn forecast_finds_block_2049_in_a_slash_8() {
         f,
         Forecast::Hit {
             step: 2049 - 1305 + 1,
-            event: Event::Overlap { block: 2049, conflict: 0 }
+            event: Event::Overlap {
+                block: 2049,
+                conflict: 0
+            }
         }
     );
     let space = BlockSpace::new(&m.pools, 24).unwrap();
@@ -59,7 +64,10 @@ fn forecast_ipv6_pool_is_arithmetic() {
         f,
         Forecast::Hit {
             step: 65536 - 3 + 1,
-            event: Event::Overlap { block: 65536, conflict: 0 }
+            event: Event::Overlap {
+                block: 65536,
+                conflict: 0
+            }
         }
     );
 }
@@ -102,26 +110,36 @@ fn model() -> impl Strategy<Value = PoolModel> {
                 any::<u16>(),
             )
         })
-        .prop_map(|(mask, pools, conflicts, seq, replace, skip, live_seeds, cursor)| {
-            let n = BlockSpace::new(&pools, mask).unwrap().len();
-            let mut live = Vec::new();
-            for s in live_seeds {
-                let b = u128::from(s) % n;
-                if !live.contains(&b) {
-                    live.push(b);
+        .prop_map(
+            |(mask, pools, conflicts, seq, replace, skip, live_seeds, cursor)| {
+                let n = BlockSpace::new(&pools, mask).unwrap().len();
+                let mut live = Vec::new();
+                for s in live_seeds {
+                    let b = u128::from(s) % n;
+                    if !live.contains(&b) {
+                        live.push(b);
+                    }
                 }
-            }
-            PoolModel {
-                pools,
-                mask,
-                order: if seq { Order::Sequential } else { Order::LowestFree },
-                release: if replace { Release::OldestFirst } else { Release::Never },
-                skip_conflicts: skip,
-                conflicts,
-                live,
-                cursor: u128::from(cursor) % n,
-            }
-        })
+                PoolModel {
+                    pools,
+                    mask,
+                    order: if seq {
+                        Order::Sequential
+                    } else {
+                        Order::LowestFree
+                    },
+                    release: if replace {
+                        Release::OldestFirst
+                    } else {
+                        Release::Never
+                    },
+                    skip_conflicts: skip,
+                    conflicts,
+                    live,
+                    cursor: u128::from(cursor) % n,
+                }
+            },
+        )
 }
 
 proptest! {
