@@ -310,7 +310,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             .await
             .map(|_| ok),
         },
-        Command::Doctor(args) => doctor_cmd::run(args),
+        // `--lab` reads namespaces through blocking netlink calls.
+        Command::Doctor(args) => tokio::task::spawn_blocking(move || doctor_cmd::run(args)).await?,
         Command::Bpf(BpfCommand::Counters { lab, node, output }) => {
             bpf_cmd::counters(&lab.name, node.as_deref(), output)
                 .await

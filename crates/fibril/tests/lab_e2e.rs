@@ -268,6 +268,17 @@ fn lab_serves_real_traffic_and_down_leaves_nothing_even_after_sigkill() {
     }
     assert_eq!(status["apiReachable"], true);
 
+    // A kubeconfig for clients inside the lab, pointing at the control-plane address.
+    let kubeconfig = lab.ok(&["lab", "kubeconfig"]);
+    let kc: serde_json::Value = serde_yaml::from_str(&kubeconfig).expect("kubeconfig is YAML");
+    assert_eq!(kc["kind"], "Config");
+    assert_eq!(
+        kc["clusters"][0]["cluster"]["server"],
+        "http://172.18.0.2:6443"
+    );
+    // Component logs are there for the asking.
+    assert!(!lab.ok(&["lab", "logs", "apiserver"]).is_empty());
+
     // Deploy and wait for the pods.
     let dir = tempfile_dir(&lab);
     let m = write_file(&dir, "app.yaml", &manifest(&lab));
