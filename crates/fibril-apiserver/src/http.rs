@@ -29,9 +29,9 @@ use crate::status::{self, ApiError};
 use crate::store::{Store, Txn};
 use crate::watch::{self as watchstream, Filter, Start, WatchSpec};
 
-/// How long a request for a resourceVersion newer than the store's waits for it, as
-/// kube-apiserver's watch cache does, before answering 504.
-const TOO_LARGE_RV_WAIT: Duration = Duration::from_secs(3);
+/// How long a request for a resourceVersion newer than the store's waits for it before it is
+/// answered as expired (see `ApiError::UnknownResourceVersion`).
+const FUTURE_RV_WAIT: Duration = Duration::from_secs(1);
 
 pub struct AppState {
     pub store: Arc<Store>,
@@ -291,6 +291,7 @@ async fn handle(st: Arc<AppState>, t: Target, req: Req) -> Result<Response, ApiE
     } = t;
     let sub_kind = match sub.as_deref() {
         Some("status") => Sub::Status,
+        Some("binding") if req.method != Method::POST => return Err(ApiError::MethodNotAllowed),
         _ => Sub::Main,
     };
     let partial = accept(&req.headers).contains("as=PartialObjectMetadata");
@@ -538,10 +539,10 @@ fn parse_rv(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
 /// Waits (briefly) until the store has reached `rev`.
 async fn wait_for_rev(store: &Store, rev: u64) -> Result<(), ApiError> {
     let mut rx = store.subscribe();
-    let reached = tokio::time::timeout(TOO_LARGE_RV_WAIT, rx.wait_for(|r| *r >= rev)).await;
+    let reached = tokio::time::timeout(FUTURE_RV_WAIT, rx.wait_for(|r| *r >= rev)).await;
     match reached {
         Ok(Ok(_)) => Ok(()),
-        _ => Err(ApiError::TooLargeResourceVersion {
+        _ => Err(ApiError::UnknownResourceVersion {
             requested: rev,
             current: store.rev(),
         }),
@@ -651,13 +652,16 @@ async fn watch(
                 "sendInitialEvents requires setting allowWatchBookmarks to true",
             ));
         }
-        if let Some(rv) = rv.filter(|rv| *rv > 0) {
-            wait_for_rev(&st.store, rv).await?;
-        }
+        // A revision the store has not reached is reported inside the stream (Start::After
+        // checks it), where kube-rs' watcher reacts to it by relisting.
+        let unreached = match rv.filter(|rv| *rv > 0) {
+            Some(rv) => wait_for_rev(&st.store, rv).await.is_err(),
+            None => false,
+        };
         match (initial, rv) {
-            (true, _) => Start::Initial { end_bookmark: true },
-            (false, Some(rv)) if rv > 0 => Start::After(rv),
-            (false, _) => Start::After(st.store.rev()),
+            (true, _) if !unreached => Start::Initial { end_bookmark: true },
+            (_, Some(rv)) if rv > 0 => Start::After(rv),
+            (_, _) => Start::After(st.store.rev()),
         }
     } else {
         match rv {
@@ -665,7 +669,8 @@ async fn watch(
                 end_bookmark: false,
             },
             Some(rv) => {
-                wait_for_rev(&st.store, rv).await?;
+                // Reported inside the stream if still unreached (see above).
+                let _ = wait_for_rev(&st.store, rv).await;
                 Start::After(rv)
             }
         }

@@ -29,7 +29,12 @@
 //!   synchronously in the deleting request (pods inside still get their grace period).
 //! - A pod's unset `spec.nodeName` may be set by update/patch (besides `pods/binding`).
 //! - A list with `resourceVersionMatch=Exact` only succeeds for the current revision.
-//! - There is no built-in `kubernetes` Service.
+//! - A resourceVersion newer than the store has reached (after a one-second wait) is answered
+//!   as 410 Expired (an in-stream ERROR event for watches) rather than kube-apiserver's 504:
+//!   it can only come from a previous store (a reset data directory), and this makes kube-rs
+//!   watchers relist instead of retrying the same revision forever.
+//! - There is no built-in `kubernetes` Service. Events expire an hour after they were last
+//!   recorded (kube-apiserver's default `--event-ttl`).
 
 pub mod alloc;
 pub mod client;

@@ -76,9 +76,15 @@ pub enum ApiError {
     /// 410: the requested resourceVersion is older than the retained history.
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: u64, oldest: u64 },
-    /// 504: a resourceVersion newer than any the store has seen (after waiting for it).
-    #[error("Too large resource version: {requested}, current: {current}")]
-    TooLargeResourceVersion { requested: u64, current: u64 },
+    /// 410: a resourceVersion newer than any this store has reached (after a short wait). It
+    /// can only come from an earlier incarnation of the store (a reset data directory), so the
+    /// client must list again. kube-apiserver answers 504 here, which kube-rs retries for
+    /// minutes and its watcher never recovers from.
+    #[error(
+        "resource version {requested} is newer than the current revision {current}: it comes \
+         from a previous store (was the data directory reset?); list again"
+    )]
+    UnknownResourceVersion { requested: u64, current: u64 },
     #[error("the server could not find the requested resource")]
     NoRoute,
     #[error("the server does not allow this method on the requested resource")]
@@ -169,7 +175,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Expired { .. } => StatusCode::GONE,
-            ApiError::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::UnknownResourceVersion { .. } => StatusCode::GONE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Store(_) | ApiError::HandlerFailed { .. } => {
@@ -189,7 +195,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => "BadRequest",
             ApiError::Forbidden { .. } => "Forbidden",
             ApiError::Expired { .. } => "Expired",
-            ApiError::TooLargeResourceVersion { .. } => "Timeout",
+            ApiError::UnknownResourceVersion { .. } => "Expired",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::Store(_) | ApiError::HandlerFailed { .. } => "InternalError",
@@ -225,10 +231,6 @@ impl ApiError {
                     .collect();
                 d
             }
-            ApiError::TooLargeResourceVersion { .. } => json!({
-                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
-                "retryAfterSeconds": 1
-            }),
             _ => return None,
         })
     }

@@ -185,7 +185,18 @@ async fn run(
             }
             rev
         }
-        Start::After(rev) => rev,
+        Start::After(rev) => {
+            let current = store.rev();
+            if rev > current {
+                out.error(&ApiError::UnknownResourceVersion {
+                    requested: rev,
+                    current,
+                })
+                .await;
+                return;
+            }
+            rev
+        }
     };
 
     let deadline = spec.timeout.map(|t| Instant::now() + t);

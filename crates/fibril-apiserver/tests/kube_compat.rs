@@ -973,3 +973,158 @@ async fn expired_resource_version_makes_the_watcher_relist() {
     assert_eq!(relisted.len(), 9, "{relisted:?}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_endpoints_discovery_and_metadata() {
+    use hyper::http::Request;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = start(dir.path(), any_port()).await;
+    let get = |path: &str| Request::get(path).body(Vec::new()).unwrap();
+
+    for path in ["/healthz", "/readyz", "/livez"] {
+        assert_eq!(client.request_text(get(path)).await.unwrap(), "ok");
+    }
+    let (code, reason, _) = api_error(
+        client
+            .request_text(get("/api/v1/namespaces/default/widgets"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    let group: k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup =
+        client.request(get("/apis/apps")).await.unwrap();
+    assert_eq!(group.preferred_version.unwrap().group_version, "apps/v1");
+    let core = client.list_core_api_versions_aggregated().await.unwrap();
+    let resources = &core.items[0].versions[0].resources;
+    assert!(resources
+        .iter()
+        .any(|r| r.resource.as_deref() == Some("pods")));
+    let groups = client.list_api_groups_aggregated().await.unwrap();
+    assert!(groups
+        .items
+        .iter()
+        .any(|g| g.metadata.as_ref().and_then(|m| m.name.as_deref()) == Some("discovery.k8s.io")));
+
+    let (code, _, _) = api_error(
+        client
+            .request_text(Request::post("/api/v1/pods").body(b"{}".to_vec()).unwrap())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 405);
+
+    // YAML bodies are accepted like kubectl sends them.
+    let yaml = b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-yaml\nspec:\n  containers:\n  - name: c\n    image: fibril/echo\n";
+    let created: Pod = client
+        .request(
+            Request::post("/api/v1/namespaces/default/pods")
+                .header("content-type", "application/yaml")
+                .body(yaml.to_vec())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.name_any(), "from-yaml");
+    let put_binding = Request::put("/api/v1/namespaces/default/pods/from-yaml/binding")
+        .header("content-type", "application/json")
+        .body(b"{}".to_vec())
+        .unwrap();
+    assert_eq!(
+        api_error(client.request_text(put_binding).await.unwrap_err()).0,
+        405
+    );
+
+    // Binding through kube-rs' subresource call.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "from-yaml"},
+                         "target": {"kind": "Node", "name": "node-1"}});
+    let _: kube::core::Status = pods
+        .create_subresource("binding", "from-yaml", &PostParams::default(), &binding)
+        .await
+        .unwrap();
+    assert_eq!(
+        pods.get("from-yaml")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("node-1")
+    );
+
+    // Metadata-only reads.
+    let metas = pods.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(metas.items[0].metadata.name.as_deref(), Some("from-yaml"));
+    let meta = pods.get_metadata("from-yaml").await.unwrap();
+    assert_eq!(meta.metadata.name.as_deref(), Some("from-yaml"));
+
+    // Exact reads of an old revision are gone; revisions from the future time out.
+    let (code, reason, _) = api_error(
+        client
+            .request_text(get(
+                "/api/v1/namespaces/default/pods?resourceVersion=1&resourceVersionMatch=Exact",
+            ))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (410, "Expired"));
+    // A revision this store never reached (a reset data dir) makes clients list again.
+    let events: Vec<WatchEvent<Pod>> = tokio::time::timeout(
+        WAIT,
+        pods.watch(&WatchParams::default(), "999999")
+            .await
+            .unwrap()
+            .try_collect(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    match &events[..] {
+        [WatchEvent::Error(e)] => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected one 410 ERROR event, got {other:?}"),
+    }
+    let (code, _, _) = api_error(
+        client
+            .request_text(get(
+                "/api/v1/namespaces/default/pods?resourceVersion=999999",
+            ))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 410);
+
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_recovers_when_the_store_is_reset() {
+    init_tracing();
+    let dir_a = tempfile::tempdir().unwrap();
+    let (server, client) = start(dir_a.path(), any_port()).await;
+    let addr = server.tcp_addr.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    for i in 0..5 {
+        pods.create(&PostParams::default(), &pod(&format!("old-{i}"), &[], None))
+            .await
+            .unwrap();
+    }
+    let mut rx = spawn_watcher(pods.clone(), watcher::Config::default());
+    let mut view = View::default();
+    until(&mut rx, &mut view, "initial list", |v| v.pods.len() == 5).await;
+
+    // A new server on the same address with an empty data directory: its revisions are far
+    // behind the ones the watcher holds.
+    server.shutdown().await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let (server, _) = start(dir_b.path(), addr).await;
+    pods.create(&PostParams::default(), &pod("fresh", &[], None))
+        .await
+        .unwrap();
+    until(&mut rx, &mut view, "relist against the new store", |v| {
+        names(v) == set(&["fresh"])
+    })
+    .await;
+    server.shutdown().await;
+}
