@@ -300,6 +300,17 @@ async fn handle(st: Arc<AppState>, t: Target, req: Req) -> Result<Response, ApiE
             watch(&st, res, ns, &req.query, partial).await
         }
         (&Method::GET, None) => list(&st, res, ns, &req.query, partial).await,
+        (&Method::GET, Some(name)) if sub.is_none() && flag(&req.query, "watch") => {
+            // The legacy single-object watch: a watch with a metadata.name field selector.
+            let mut q = req.query.clone();
+            let by_name = format!("metadata.name={name}");
+            let fields = match q.get("fieldSelector").filter(|f| !f.is_empty()) {
+                Some(f) => format!("{f},{by_name}"),
+                None => by_name,
+            };
+            q.insert("fieldSelector".into(), fields);
+            watch(&st, res, ns, &q, partial).await
+        }
         (&Method::GET, Some(name)) => {
             let obj = st
                 .store

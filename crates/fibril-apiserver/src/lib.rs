@@ -9,10 +9,10 @@
 //! NodePort allocation. State lives in an embedded redb store under `data_dir` that survives
 //! restarts, watch history included.
 //!
-//! Layout: [`registry`] (the resource table), [`http`] (routing and verbs), [`rest`] (generic
-//! write logic), [`strategy`] (per-kind defaults and rules), [`alloc`] (Service addresses),
-//! [`watch`] (watch streams), [`store`] (persistence), [`selector`], [`discovery`],
-//! [`status`] (errors as `metav1.Status`), [`client`] (kube-rs clients, kubeconfig).
+//! Layout: `registry` (the resource table), `http` (routing and verbs), `rest` (generic
+//! write logic), `strategy` (per-kind defaults and rules), `alloc` (Service addresses),
+//! `watch` (watch streams), `store` (persistence), `selector`, `discovery`, `status`
+//! (errors as `metav1.Status`), `client` (kube-rs clients, kubeconfig).
 //!
 //! Known differences from kube-apiserver, all deliberate:
 //! - No authentication, authorization or admission webhooks; no protobuf, no Table output.
@@ -36,17 +36,17 @@
 //! - There is no built-in `kubernetes` Service. Events expire an hour after they were last
 //!   recorded (kube-apiserver's default `--event-ttl`).
 
-pub mod alloc;
+mod alloc;
 pub mod client;
-pub mod discovery;
-pub mod http;
+mod discovery;
+mod http;
 pub mod registry;
-pub mod rest;
+mod rest;
 pub mod selector;
-pub mod status;
-pub mod store;
-pub mod strategy;
-pub mod watch;
+mod status;
+mod store;
+mod strategy;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -102,16 +102,6 @@ pub enum EventType {
     Deleted,
 }
 
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Added => "ADDED",
-            EventType::Modified => "MODIFIED",
-            EventType::Deleted => "DELETED",
-        }
-    }
-}
-
 /// One change, as kept in the history. `object` is the state after the change (for a delete,
 /// the last state, carrying the delete's revision as its resourceVersion); `prev` the state
 /// before, so that a selector-filtered watch can tell "stopped matching" from "never matched".
@@ -185,11 +175,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, loading everything into memory.
+    /// Opens (or creates) the store in `dir` with the default history.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_history(dir, DEFAULT_HISTORY_CAP)
     }
 
+    /// Opens (or creates) the store in `dir`, loading everything into memory; the history
+    /// keeps the last `history_cap` events.
     pub fn open_with_history(dir: &Path, history_cap: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),

@@ -1054,6 +1054,22 @@ async fn raw_endpoints_discovery_and_metadata() {
         Some("node-1")
     );
 
+    // Watching one object by name.
+    let one: Vec<serde_json::Value> = {
+        let text = client
+            .request_text(get(
+                "/api/v1/namespaces/default/pods/from-yaml?watch=true&timeoutSeconds=1",
+            ))
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["type"], "ADDED");
+    assert_eq!(one[0]["object"]["metadata"]["name"], "from-yaml");
+
     // Metadata-only reads.
     let metas = pods.list_metadata(&ListParams::default()).await.unwrap();
     assert_eq!(metas.items[0].metadata.name.as_deref(), Some("from-yaml"));
