@@ -3,6 +3,8 @@
 //! Nothing in here performs I/O. Privileged work (netlink, bpf, netns) lives in
 //! thin crates on top of these types, so that all of this is testable without root.
 
+/// CIDR arithmetic, shared by the doctor and IPAM.
+pub mod cidr;
 pub mod consts;
 pub mod doctor;
 pub mod lab;

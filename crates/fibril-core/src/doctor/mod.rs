@@ -10,7 +10,8 @@
 //!                    └─rules──▶ Vec<Finding> ──output──▶ text | json | sarif
 //! ```
 
-pub mod cidr;
+/// CIDR arithmetic, shared with IPAM; re-exported here so `doctor::cidr` paths keep working.
+pub use crate::cidr;
 pub mod finding;
 pub mod forecast;
 pub mod input;
