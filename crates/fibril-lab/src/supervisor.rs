@@ -343,3 +343,46 @@ async fn stop_child(child: &mut tokio::process::Child, id: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fibril_core::lab::LabSpec;
+
+    #[test]
+    fn every_component_runs_in_its_namespace() {
+        let layout = LabSpec {
+            nodes: 2,
+            ..LabSpec::default()
+        }
+        .layout();
+        let specs = component_specs(&layout);
+        let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "apiserver",
+                "controllers",
+                "kubelet/fibril-node-1",
+                "bridge-agent/fibril-node-1",
+                "kubelet/fibril-node-2",
+                "bridge-agent/fibril-node-2",
+            ]
+        );
+        for s in &specs {
+            match s.kind {
+                ComponentKind::ApiServer | ComponentKind::Controllers => {
+                    assert_eq!(s.netns, "fibril-cp");
+                    assert_eq!(s.node, None);
+                }
+                ComponentKind::Kubelet | ComponentKind::BridgeAgent => {
+                    assert_eq!(Some(&s.netns), s.node.as_ref());
+                }
+            }
+        }
+        // Log files are per component and never collide.
+        let logs: std::collections::BTreeSet<_> =
+            specs.iter().map(|s| log_path(&layout, s)).collect();
+        assert_eq!(logs.len(), specs.len());
+    }
+}
