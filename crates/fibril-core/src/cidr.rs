@@ -1,4 +1,6 @@
 //! CIDR arithmetic on one number line per family, so IPv4 and IPv6 share the code.
+//!
+//! Shared by the doctor (forecasts, rules) and IPAM (overlap checks, block and address math).
 
 use std::net::IpAddr;
 
@@ -86,5 +88,14 @@ pub fn net_at(v6: bool, addr: u128, prefix: u8) -> IpNet {
             ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(addr as u32), prefix)
                 .expect("prefix checked by caller"),
         )
+    }
+}
+
+/// The address at `n` on a family's number line (the inverse of [`Span::addr`]).
+pub fn addr_at(v6: bool, n: u128) -> IpAddr {
+    if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::from(n))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from(n as u32))
     }
 }

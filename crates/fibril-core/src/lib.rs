@@ -3,9 +3,11 @@
 //! Nothing in here performs I/O. Privileged work (netlink, bpf, netns) lives in
 //! thin crates on top of these types, so that all of this is testable without root.
 
+pub mod agent_config;
 /// CIDR arithmetic, shared by the doctor and IPAM.
 pub mod cidr;
 pub mod consts;
 pub mod doctor;
+pub mod ipam;
 pub mod lab;
 pub mod manifest;
