@@ -593,6 +593,10 @@ impl AgentConfig {
         let mut pool_ok = all_parse;
         for (at, problem) in ClusterPool::problems(&cidrs, mask) {
             pool_ok = false;
+            if matches!(problem, IpamError::NoPool) {
+                // Every range failed to parse, and each was reported.
+                continue;
+            }
             let field = match (&problem, at) {
                 (IpamError::MaskOutsidePool { .. }, _) => "ipam.nodeMaskSize".to_string(),
                 (_, Some(j)) => format!("ipam.clusterPoolCidrs[{}]", pools[j].0),

@@ -335,3 +335,14 @@ fn socket_path_must_fit_sun_path() {
     assert_eq!(e.fields(), ["socketPath"]);
     assert!(e.about("socketPath")[0].contains("at most 107"));
 }
+
+#[test]
+fn unparsable_pools_are_reported_once_each() {
+    let e = errors(
+        "nodeName: n1\nserviceCidr: 10.96.0.0/12\nipam: {clusterPoolCidrs: [nope, 10.0.0.1/8]}\n",
+    );
+    assert_eq!(
+        e.fields(),
+        ["ipam.clusterPoolCidrs[0]", "ipam.clusterPoolCidrs[1]"]
+    );
+}

@@ -11,9 +11,8 @@ use super::types::{CidrError, NativeRoutingCidr, NodeName, PodCidr, PoolCidr};
 pub enum IpamError {
     /// A pool, block or pod CIDR overlaps something on the node or in the cluster.
     #[error(
-        "refused: {}; pod routes there would take traffic meant for those ranges and it \
-         would be lost (seed 000). Choose a range clear of them, or declare what is really \
-         in use as ipam.reservedCidrs",
+        "refused: {}. Pod routes for it would take traffic meant for those ranges, and that \
+         traffic would be lost (seed 000): choose a pod range clear of them",
         List(overlaps)
     )]
     Overlaps {
