@@ -6,6 +6,7 @@
 pub mod agent_config;
 /// CIDR arithmetic, shared by the doctor and IPAM.
 pub mod cidr;
+pub mod cni_api;
 pub mod consts;
 pub mod doctor;
 pub mod ipam;
