@@ -2,23 +2,81 @@
 /*
  * Entry points for the host side of a pod's veth.
  *
- * tc ingress on that device sees what the pod sends; tc egress sees what is
- * delivered to it. For now both only count: they must never drop, so they
- * always return TC_ACT_OK.
+ * tc ingress on that device sees what the pod sends, and routes it:
+ *   1. count (always, before anything else, so counters never miss a packet);
+ *   2. routing mode NONE (counters only): pass, unchanged;
+ *   3. not IPv4 (ARP, IPv6): pass, the node's stack answers ARP for the
+ *      pods' gateway;
+ *   4. destination is an endpoint of this node: deliver_local
+ *      (bpf_redirect_peer), or pass if it is the node's own (host) address;
+ *   5. destination in the ipcache:
+ *      - in this node's own pod range (tunnel endpoint = this node) but no
+ *        endpoint: drop, FIBRIL_DROP_NO_ENDPOINT;
+ *      - tunnel mode: tunnel_forward, or pass if the entry has no tunnel
+ *        endpoint;
+ *      - native mode: fib_forward;
+ *   6. otherwise (the node, the world): pass.
+ *
+ * tc egress only counts what the stack delivers to the pod; packets that
+ * fibril redirects into the pod bypass it and are counted at the redirect.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
 #include "fibril_shared.h"
+#include "common.h"
+#include "config.h"
+#include "endpoints.h"
+#include "events.h"
+#include "fib.h"
+#include "l3.h"
 #include "metrics.h"
+#include "tunnel.h"
+
+static __always_inline int route_from_pod(struct __sk_buff *skb)
+{
+	struct flow f = { .hook = FIBRIL_HOOK_FROM_POD };
+	struct fibril_endpoint *ep;
+	struct fibril_remote *remote;
+
+	switch (parse_ipv4(skb, &f)) {
+	case PARSE_IPV4:
+		break;
+	case PARSE_NOT_IPV4:
+		return pass(skb, &f, FIBRIL_PASS_NOT_IPV4);
+	default:
+		return drop(skb, &f, FIBRIL_DROP_MALFORMED);
+	}
+
+	ep = endpoint_lookup(f.daddr);
+	if (ep)
+		return deliver_local(skb, &f, ep);
+
+	remote = ipcache_lookup(f.daddr);
+	if (!remote)
+		return pass(skb, &f, FIBRIL_PASS_UNKNOWN_DST);
+	f.dst_identity = remote->identity;
+	f.tunnel_endpoint = remote->tunnel_endpoint;
+	if (remote->tunnel_endpoint && remote->tunnel_endpoint == CONFIG(node_ipv4))
+		return drop(skb, &f, FIBRIL_DROP_NO_ENDPOINT);
+
+	if (CONFIG(routing_mode) == FIBRIL_ROUTING_TUNNEL) {
+		if (!remote->tunnel_endpoint)
+			return pass(skb, &f, FIBRIL_PASS_NO_TUNNEL_ENDPOINT);
+		return tunnel_forward(skb, &f, remote);
+	}
+	return fib_forward(skb, &f);
+}
 
 /* aya 0.14 recognises tc programs by the "classifier" section name. */
 SEC("classifier")
 int FIBRIL_PROG_FROM_POD(struct __sk_buff *skb)
 {
 	ep_count(skb->ifindex, skb->len, FIBRIL_DIR_FROM_POD);
-	return TC_ACT_OK;
+	if (CONFIG(routing_mode) == FIBRIL_ROUTING_NONE)
+		return TC_ACT_OK;
+	return route_from_pod(skb);
 }
 
 SEC("classifier")

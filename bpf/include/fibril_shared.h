@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * The one definition of everything that crosses the C <-> Rust boundary:
- * map key/value structs, map names and sizes, program names.
+ * map key/value structs, map names and sizes, program names, the load-time
+ * configuration, event layouts and reason codes.
  *
  * The Rust side (crates/fibril-bpf) is generated from this file with bindgen,
  * including layout tests, so the two can never drift. Keep this header free of
@@ -11,11 +12,45 @@
  * Names are declared twice, side by side: once as an identifier (used by the C
  * program to name the ELF symbol) and once as a string (used by the loader).
  * crates/fibril-bpf has a test that checks every string against the compiled ELF.
+ *
+ * Byte order: IPv4 addresses and L4 ports are kept in network byte order, as
+ * on the wire, everywhere in this file (map keys, map values, events). Enums
+ * are numbered from 1 so that 0 never means anything: a zeroed field is
+ * recognisably unset.
  */
 #ifndef FIBRIL_SHARED_H
 #define FIBRIL_SHARED_H
 
 #include <linux/types.h>
+
+/* ---- load-time configuration (bpf/lib/config.h) ------------------------- */
+
+enum fibril_routing_mode {
+	/* Counters only: every packet continues to the kernel stack unchanged.
+	 * The zero value, so an object loaded without configuration (the lab's
+	 * bridge-CNI counters, PodCounters) never forwards anything. */
+	FIBRIL_ROUTING_NONE = 0,
+	/* Remote pods are reached through the node's FIB (routes to other
+	 * nodes' pod CIDRs via their node IPs) and bpf_redirect{,_neigh}. */
+	FIBRIL_ROUTING_NATIVE = 1,
+	/* Remote pods are reached through a collect_md VXLAN device, with the
+	 * remote node IP taken from the ipcache. */
+	FIBRIL_ROUTING_TUNNEL = 2,
+};
+
+/* A `const volatile` global in every object, set by the loader before the
+ * programs are verified, so that the verifier prunes the other modes. */
+struct fibril_config {
+	__u32 routing_mode;   /* enum fibril_routing_mode */
+	__u32 node_ipv4;      /* this node's IPv4 (network order) */
+	__u32 tunnel_ifindex; /* VXLAN device (tunnel mode), in the node's netns */
+	/* Forwarded and passed packets emit an event for one in trace_sample
+	 * packets; 0 turns them off. Drops always emit an event. */
+	__u32 trace_sample;
+};
+
+#define FIBRIL_GLOBAL_CONFIG fibril_cfg
+#define FIBRIL_GLOBAL_CONFIG_NAME "fibril_cfg"
 
 /* ---- endpoint counters (bpf/lib/metrics.h) ------------------------------ */
 
@@ -27,7 +62,8 @@ struct fibril_ep_key {
 };
 
 /* Per-CPU value: userspace sums the CPUs. "from pod" is what the pod sent
- * (tc ingress on the host-side veth), "to pod" what it received (tc egress). */
+ * (tc ingress on the host-side veth), "to pod" what it received (tc egress, or
+ * a bpf_redirect_peer into the pod, which bypasses that egress hook). */
 struct fibril_ep_stats {
 	__u64 from_pod_packets;
 	__u64 from_pod_bytes;
@@ -42,6 +78,179 @@ struct fibril_ep_stats {
 /* Pods per node, with headroom for veths that linger while pods churn. */
 #define FIBRIL_EP_STATS_MAX_ENTRIES 4096
 
+/* ---- endpoints: the addresses this node delivers to (bpf/lib/endpoints.h) */
+
+struct fibril_endpoint_key {
+	__u32 ipv4; /* network order */
+};
+
+enum fibril_endpoint_flags {
+	/* An address of the node itself taken from the pod range (the pods'
+	 * gateway): packets to it go to the node's stack. ifindex and the MACs
+	 * are unused. */
+	FIBRIL_ENDPOINT_F_HOST = 1 << 0,
+};
+
+struct fibril_endpoint {
+	__u32 ifindex;    /* host side of the pod's veth, in the node's netns */
+	__u32 identity;   /* security identity of the pod */
+	__u8 mac[6];      /* the pod's eth0: destination MAC on delivery */
+	__u8 node_mac[6]; /* the host-side veth: source MAC on delivery */
+	__u32 flags;      /* enum fibril_endpoint_flags */
+};
+
+#define FIBRIL_MAP_ENDPOINTS fibril_endpoint
+#define FIBRIL_MAP_ENDPOINTS_NAME "fibril_endpoint"
+#define FIBRIL_ENDPOINTS_MAX_ENTRIES FIBRIL_EP_STATS_MAX_ENTRIES
+
+/* ---- ipcache: what is known about every other prefix (LPM trie) --------- */
+
+/* The layout the kernel's LPM trie requires: a prefix length in bits, then the
+ * address bytes. */
+struct fibril_ipcache_key {
+	__u32 prefixlen;
+	__u32 ipv4; /* network order */
+};
+
+struct fibril_remote {
+	__u32 identity;
+	/* IPv4 of the node hosting the prefix (network order), 0 if none: in
+	 * tunnel mode, the VXLAN destination. An entry whose tunnel endpoint is
+	 * this node's own IP is this node's pod range. */
+	__u32 tunnel_endpoint;
+	__u32 flags; /* reserved, 0 */
+};
+
+#define FIBRIL_MAP_IPCACHE fibril_ipcache
+#define FIBRIL_MAP_IPCACHE_NAME "fibril_ipcache"
+#define FIBRIL_IPCACHE_MAX_ENTRIES 16384
+
+/* ---- events: a ring buffer of forwarded, passed and dropped packets ----- */
+
+enum fibril_event_type {
+	FIBRIL_EVENT_DROPPED = 1,   /* reason: enum fibril_drop_reason */
+	FIBRIL_EVENT_FORWARDED = 2, /* reason: enum fibril_fwd_path */
+	FIBRIL_EVENT_PASSED = 3,    /* reason: enum fibril_pass_reason */
+};
+
+/* Where a program runs; the event's observation point. */
+enum fibril_hook {
+	FIBRIL_HOOK_FROM_POD = 1,    /* tc ingress, host side of a pod veth */
+	FIBRIL_HOOK_TO_POD = 2,      /* tc egress, host side of a pod veth */
+	FIBRIL_HOOK_FROM_NETDEV = 3, /* tc ingress, the node's underlay device */
+	FIBRIL_HOOK_FROM_TUNNEL = 4, /* tc ingress, the node's VXLAN device */
+};
+
+/* Why a packet was dropped (TC_ACT_SHOT). Every drop emits an event and
+ * counts in the drop counters. */
+enum fibril_drop_reason {
+	/* Claims IPv4 but the header is truncated or has IHL < 5. */
+	FIBRIL_DROP_MALFORMED = 1,
+	/* TTL <= 1 at a hop fibril routes (fibril routes as a router would,
+	 * decrementing the TTL). */
+	FIBRIL_DROP_TTL_EXCEEDED = 2,
+	/* The destination is in this node's own pod range (an ipcache entry
+	 * whose tunnel endpoint is this node) but is no endpoint: a pod that is
+	 * gone or not set up yet. */
+	FIBRIL_DROP_NO_ENDPOINT = 3,
+	/* The FIB lookup said so (native routing): a blackhole, unreachable or
+	 * prohibit route. */
+	FIBRIL_DROP_FIB_BLACKHOLE = 4,
+	FIBRIL_DROP_FIB_UNREACHABLE = 5,
+	FIBRIL_DROP_FIB_PROHIBIT = 6,
+	/* IPv4 forwarding is disabled on the device the packet came in on
+	 * (net.ipv4.conf.<dev>.forwarding = 0). */
+	FIBRIL_DROP_FIB_FWD_DISABLED = 7,
+	/* The route needs a lightweight-tunnel encapsulation, which fibril
+	 * does not do. */
+	FIBRIL_DROP_FIB_UNSUPP_LWT = 8,
+	/* bpf_fib_lookup failed, or returned a code this build does not know. */
+	FIBRIL_DROP_FIB_ERROR = 9,
+	/* bpf_skb_set_tunnel_key failed. */
+	FIBRIL_DROP_TUNNEL_KEY = 10,
+	/* Rewriting the packet (MACs, TTL, checksum) failed. */
+	FIBRIL_DROP_REWRITE = 11,
+	/* A redirect helper refused the redirect. */
+	FIBRIL_DROP_REDIRECT = 12,
+	__FIBRIL_DROP_MAX,
+};
+
+/* How a packet was forwarded (TC_ACT_REDIRECT). */
+enum fibril_fwd_path {
+	/* bpf_redirect_peer into a pod of this node. */
+	FIBRIL_FWD_LOCAL = 1,
+	/* Native routing, FIB hit with a resolved neighbour: MACs rewritten,
+	 * bpf_redirect out of the FIB's device. */
+	FIBRIL_FWD_NATIVE = 2,
+	/* Native routing, FIB hit without a resolved neighbour:
+	 * bpf_redirect_neigh, which resolves it (ARP) and queues the packet. */
+	FIBRIL_FWD_NATIVE_NEIGH = 3,
+	/* Tunnel routing: tunnel key set, bpf_redirect to the VXLAN device. */
+	FIBRIL_FWD_TUNNEL = 4,
+	__FIBRIL_FWD_MAX,
+};
+
+/* Why a packet was handed to the node's stack unchanged (TC_ACT_OK). */
+enum fibril_pass_reason {
+	/* Not IPv4 (ARP, IPv6, ...): the stack handles it. */
+	FIBRIL_PASS_NOT_IPV4 = 1,
+	/* The destination is an address of the node itself (a host endpoint). */
+	FIBRIL_PASS_TO_HOST = 2,
+	/* The destination is not a pod fibril forwards to: the node, the
+	 * world, or (on the underlay and tunnel hooks) anything but an
+	 * endpoint of this node. */
+	FIBRIL_PASS_UNKNOWN_DST = 3,
+	/* Tunnel mode: the ipcache entry has no tunnel endpoint. */
+	FIBRIL_PASS_NO_TUNNEL_ENDPOINT = 4,
+	/* Native mode: the FIB says the destination is local to this node. */
+	FIBRIL_PASS_FIB_NOT_FWDED = 5,
+	/* Native mode: larger than the egress MTU: the stack fragments it or
+	 * answers with ICMP "fragmentation needed" (path MTU discovery). */
+	FIBRIL_PASS_FIB_FRAG_NEEDED = 6,
+	__FIBRIL_PASS_MAX,
+};
+
+struct fibril_event {
+	__u64 timestamp_ns;    /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u32 src_ipv4;        /* network order; 0 if not IPv4 */
+	__u32 dst_ipv4;        /* network order; 0 if not IPv4 */
+	__u32 src_identity;    /* from the endpoints or the ipcache; 0 if unknown */
+	__u32 dst_identity;    /* likewise */
+	__u32 ifindex;         /* the device the program ran on */
+	__u32 out_ifindex;     /* redirect target (forwarded, and drops after
+				  the decision), 0 otherwise */
+	__u32 tunnel_endpoint; /* remote node for cross-node traffic, 0 otherwise */
+	__u32 len;             /* skb->len */
+	__u16 src_port;        /* network order; TCP/UDP, first fragment only */
+	__u16 dst_port;        /* network order */
+	__u16 eth_proto;       /* network order */
+	__u8 type;             /* enum fibril_event_type */
+	__u8 reason;           /* by type: drop reason, fwd path or pass reason */
+	__u8 hook;             /* enum fibril_hook */
+	__u8 proto;            /* IP protocol */
+	__u8 pad[6];
+};
+
+#define FIBRIL_MAP_EVENTS fibril_events
+#define FIBRIL_MAP_EVENTS_NAME "fibril_events"
+/* Bytes; a power of two and a multiple of the page size. */
+#define FIBRIL_EVENTS_RING_BYTES (256 * 1024)
+
+/* Drop counters by reason (index: enum fibril_drop_reason), per CPU, so that
+ * drops stay countable when events are lost or nobody reads them. */
+struct fibril_drop_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#define FIBRIL_MAP_DROPS fibril_drops
+#define FIBRIL_MAP_DROPS_NAME "fibril_drops"
+
+/* Events that did not fit in the ring buffer (reader too slow or absent),
+ * one per-CPU __u64 at index 0. */
+#define FIBRIL_MAP_EVENTS_LOST fibril_ev_lost
+#define FIBRIL_MAP_EVENTS_LOST_NAME "fibril_ev_lost"
+
 /* ---- programs of bpf/pod.bpf.c (host side of a pod veth) ---------------- */
 
 /* tc ingress on the host-side veth: packets coming from the pod. */
@@ -50,5 +259,14 @@ struct fibril_ep_stats {
 /* tc egress on the host-side veth: packets going to the pod. */
 #define FIBRIL_PROG_TO_POD fib_to_pod
 #define FIBRIL_PROG_TO_POD_NAME "fib_to_pod"
+
+/* ---- programs of bpf/host.bpf.c (the node's own devices) ---------------- */
+
+/* tc ingress on the underlay device: packets from other nodes. */
+#define FIBRIL_PROG_FROM_NETDEV fib_from_netdev
+#define FIBRIL_PROG_FROM_NETDEV_NAME "fib_from_netdev"
+/* tc ingress on the VXLAN device: decapsulated packets from other nodes. */
+#define FIBRIL_PROG_FROM_TUNNEL fib_from_tunnel
+#define FIBRIL_PROG_FROM_TUNNEL_NAME "fib_from_tunnel"
 
 #endif /* FIBRIL_SHARED_H */

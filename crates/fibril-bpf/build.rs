@@ -40,6 +40,7 @@ fn main() {
     }
 
     generate_bindings(&include.join("fibril_shared.h"), &out_dir);
+    generate_skb_bindings(&arch, &out_dir);
 }
 
 /// Kernel arch names and the multiarch include dir holding `<asm/…>` headers.
@@ -112,6 +113,9 @@ fn generate_bindings(header: &Path, out_dir: &Path) {
         .header(header.to_str().expect("utf-8 path"))
         .allowlist_type("fibril_.*")
         .allowlist_var("FIBRIL_.*")
+        // Enum constants keep their C names (FIBRIL_DROP_MALFORMED, ...), typed by
+        // their enum; the Rust enums over them are in crate::events.
+        .prepend_enum_name(false)
         .use_core()
         .derive_default(true)
         .derive_eq(true)
@@ -127,5 +131,22 @@ fn generate_bindings(header: &Path, out_dir: &Path) {
         });
     bindings
         .write_to_file(out_dir.join("fibril_shared.rs"))
+        .expect("writing bindings");
+}
+
+/// `struct __sk_buff` from `<linux/bpf.h>`: the context BPF_PROG_TEST_RUN takes, so that
+/// tests can set the ingress device without hand-copied offsets.
+fn generate_skb_bindings(arch: &BpfArch, out_dir: &Path) {
+    let bindings = bindgen::Builder::default()
+        .header_contents("skb.h", "#include <linux/bpf.h>\n")
+        .clang_arg(format!("-I{}", arch.multiarch_include))
+        .allowlist_type("__sk_buff")
+        .use_core()
+        .derive_default(true)
+        .layout_tests(true)
+        .generate()
+        .unwrap_or_else(|e| panic!("bindgen on <linux/bpf.h> failed: {e}\n{INSTALL_HINT}"));
+    bindings
+        .write_to_file(out_dir.join("linux_skb.rs"))
         .expect("writing bindings");
 }

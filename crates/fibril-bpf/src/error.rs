@@ -8,23 +8,7 @@ use aya::pin::PinError;
 use aya::programs::links::LinkError;
 use aya::programs::ProgramError;
 
-/// A tc attach direction on the host side of a pod veth.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// tc ingress: packets sent by the pod.
-    FromPod,
-    /// tc egress: packets delivered to the pod.
-    ToPod,
-}
-
-impl std::fmt::Display for Direction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Direction::FromPod => "tc ingress (from pod)",
-            Direction::ToPod => "tc egress (to pod)",
-        })
-    }
-}
+use crate::hook::Hook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -77,12 +61,53 @@ pub enum BpfError {
     },
     #[error("interface {ifname:?} not found in the current network namespace: {source}")]
     NoSuchInterface { ifname: String, source: io::Error },
-    #[error("attaching {program} to {ifname} at {direction}: {source}")]
+    #[error("attaching {program} to {ifname} at {hook}: {source}")]
     Attach {
         program: &'static str,
         ifname: String,
-        direction: Direction,
+        hook: Hook,
         source: ProgramError,
+    },
+    #[error("invalid datapath configuration: {}", join(problems))]
+    Config { problems: Vec<ConfigProblem> },
+    #[error("cannot attach {hook} to {ifname}: the datapath runs in {mode} routing mode")]
+    WrongRoutingMode {
+        ifname: String,
+        hook: Hook,
+        mode: &'static str,
+    },
+    #[error(
+        "{ifname} (ifindex {ifindex}) is not the tunnel device the datapath was loaded for \
+         (ifindex {configured})"
+    )]
+    TunnelDeviceMismatch {
+        ifname: String,
+        ifindex: u32,
+        configured: u32,
+    },
+    #[error("interface {ifname} is {hook} already; detach it first")]
+    AttachedElsewhere { ifname: String, hook: Hook },
+    #[error("event of {found} bytes in {}, expected {expected}", path.display())]
+    EventSize {
+        path: PathBuf,
+        expected: usize,
+        found: usize,
+    },
+    #[error("event in {} has an unknown {field} {value}: is the reader older than the programs?", path.display())]
+    UnknownEventCode {
+        path: PathBuf,
+        field: &'static str,
+        value: u32,
+    },
+    #[error("identity {identity} does not fit in the 24 bits of a VXLAN VNI")]
+    IdentityOutOfRange { identity: u32 },
+    #[error("{} has an entry with prefix length {prefix_len}", path.display())]
+    BadIpcacheKey { path: PathBuf, prefix_len: u32 },
+    #[error("{} holds {ip} with unknown flags {flags:#x}: is the reader older than the writer?", path.display())]
+    UnknownEndpointFlags {
+        path: PathBuf,
+        ip: std::net::Ipv4Addr,
+        flags: u32,
     },
     #[error("pinning link at {}: {source}", path.display())]
     PinLink { path: PathBuf, source: PinError },
@@ -90,4 +115,24 @@ pub enum BpfError {
     PinnedLink { path: PathBuf, source: LinkError },
     #[error("map {}: {source}", path.display())]
     Map { path: PathBuf, source: MapError },
+}
+
+/// One problem with a [`DatapathConfig`](crate::DatapathConfig), naming its field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigProblem {
+    #[error(
+        "node_ip: {addr} cannot be a node's address (unspecified, loopback, broadcast or \
+         multicast)"
+    )]
+    NodeIp { addr: std::net::Ipv4Addr },
+    #[error("routing.tunnel.device_ifindex: 0 is not an interface index")]
+    TunnelIfindex,
+}
+
+fn join(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -9,9 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{NetNs, PinDir};
-use fibril_bpf::pod::{link_dir, tcx_programs};
 use fibril_bpf::shared::{MAP_EP_STATS, PROG_FROM_POD, PROG_TO_POD};
-use fibril_bpf::{read_endpoint_counters, BpfError, Direction, EndpointCounters, PodCounters};
+use fibril_bpf::{
+    link_dir, read_endpoint_counters, tcx_programs, BpfError, EndpointCounters, Hook, PodCounters,
+};
 
 const HOST_IF: &str = "fibthost0";
 const NODE_IP: &str = "10.213.0.1";
@@ -78,9 +79,9 @@ fn counters_of(pin_dir: &Path, ifindex: u32) -> Option<EndpointCounters> {
         .find(|c| c.ifindex == ifindex)
 }
 
-fn attached_program_names(node: &NetNs, direction: Direction) -> Vec<String> {
+fn attached_program_names(node: &NetNs, hook: Hook) -> Vec<String> {
     node.enter(move || {
-        tcx_programs(HOST_IF, direction)
+        tcx_programs(HOST_IF, hook)
             .expect("query tcx")
             .iter()
             .map(|p| p.name_as_str().unwrap_or_default().to_string())
@@ -132,11 +133,11 @@ fn counts_pod_traffic_and_survives_agent_restart() {
     });
     assert_eq!(attached, vec![HOST_IF.to_string()]);
     assert_eq!(
-        attached_program_names(&topo.node, Direction::FromPod),
+        attached_program_names(&topo.node, Hook::FromPod),
         vec![PROG_FROM_POD]
     );
     assert_eq!(
-        attached_program_names(&topo.node, Direction::ToPod),
+        attached_program_names(&topo.node, Hook::ToPod),
         vec![PROG_TO_POD]
     );
     assert!(link_dir(&pins.path, ifindex).join(PROG_FROM_POD).exists());
@@ -158,11 +159,11 @@ fn counts_pod_traffic_and_survives_agent_restart() {
     // Second agent: reuses the pinned map and adopts the pinned links.
     let pin_dir = pins.path.clone();
     let (before_restart, old_ids, new_ids) = topo.node.enter(move || {
-        let before = tcx_programs(HOST_IF, Direction::FromPod).unwrap();
+        let before = tcx_programs(HOST_IF, Hook::FromPod).unwrap();
         let old: Vec<u32> = before.iter().map(|p| p.id()).collect();
         let mut pc = PodCounters::load(&pin_dir).expect("reload");
         pc.attach(HOST_IF).expect("adopt");
-        let new: Vec<u32> = tcx_programs(HOST_IF, Direction::FromPod)
+        let new: Vec<u32> = tcx_programs(HOST_IF, Hook::FromPod)
             .unwrap()
             .iter()
             .map(|p| p.id())
@@ -196,8 +197,8 @@ fn counts_pod_traffic_and_survives_agent_restart() {
         pc.detach(HOST_IF).expect("detach is idempotent");
         assert!(pc.attached().is_empty());
     });
-    assert!(attached_program_names(&topo.node, Direction::FromPod).is_empty());
-    assert!(attached_program_names(&topo.node, Direction::ToPod).is_empty());
+    assert!(attached_program_names(&topo.node, Hook::FromPod).is_empty());
+    assert!(attached_program_names(&topo.node, Hook::ToPod).is_empty());
     assert!(!link_dir(&pins.path, ifindex).exists());
     assert!(counters_of(&pins.path, ifindex).is_none());
 }
@@ -242,11 +243,11 @@ fn stale_link_pin_of_a_deleted_device_is_replaced() {
         pc.attach(HOST_IF).expect("attach over a stale pin");
     });
     assert_eq!(
-        attached_program_names(&topo.node, Direction::FromPod),
+        attached_program_names(&topo.node, Hook::FromPod),
         vec![PROG_FROM_POD]
     );
     assert_eq!(
-        attached_program_names(&topo.node, Direction::ToPod),
+        attached_program_names(&topo.node, Hook::ToPod),
         vec![PROG_TO_POD]
     );
 }

@@ -58,6 +58,61 @@ impl NetNs {
         run("ip", &all)
     }
 
+    /// `ip netns exec <ns> CMD ARGS` (for tools such as ping and sysctl; it also makes a
+    /// private mount namespace for the child, which is fine for them).
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", self.name.as_str(), cmd];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Sets net sysctls (`key=value`) in this netns.
+    pub fn sysctl(&self, settings: &[&str]) {
+        let mut args = vec!["-qw"];
+        args.extend_from_slice(settings);
+        self.exec("sysctl", &args);
+    }
+
+    /// `ip -j link show <ifname>`, parsed.
+    pub fn link(&self, ifname: &str) -> serde_json::Value {
+        let out = self.ip(&["-j", "-s", "link", "show", ifname]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
+        v[0].clone()
+    }
+
+    pub fn ifindex(&self, ifname: &str) -> u32 {
+        self.link(ifname)["ifindex"].as_u64().expect("ifindex") as u32
+    }
+
+    pub fn mac(&self, ifname: &str) -> String {
+        self.link(ifname)["address"]
+            .as_str()
+            .expect("address")
+            .to_string()
+    }
+
+    /// A counter of the kernel's IP MIB in this netns (`/proc/net/snmp`, "Ip:" lines),
+    /// e.g. "ForwDatagrams": what the stack itself forwarded.
+    pub fn ip_mib(&self, field: &str) -> u64 {
+        let snmp = self.exec("cat", &["/proc/net/snmp"]);
+        let mut ip_lines = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let names: Vec<&str> = ip_lines
+            .next()
+            .expect("Ip header")
+            .split_whitespace()
+            .collect();
+        let values: Vec<&str> = ip_lines
+            .next()
+            .expect("Ip values")
+            .split_whitespace()
+            .collect();
+        let i = names
+            .iter()
+            .position(|n| *n == field)
+            .unwrap_or_else(|| panic!("no Ip field {field}"));
+        values[i].parse().expect("counter")
+    }
+
     /// Runs `f` on a fresh thread that has entered only this network namespace (not its
     /// mount namespace, so bpffs stays visible).
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
