@@ -25,12 +25,14 @@ use serde::{Deserialize, Serialize};
 use crate::cidr::{addr_at, Span};
 
 use super::error::{IpamError, PersistError};
-use super::types::{ContainerId, IfName, PodCidr};
+use super::types::PodCidr;
+use crate::cni_api::{AttachmentKey, ContainerId, IfName};
 
 /// The version of [`PersistedAllocator`] this build writes and reads.
 pub const PERSIST_VERSION: u32 = 1;
 
-/// Who holds an address: one interface of one container (the CNI attachment key).
+/// Who holds an address: one interface of one container. The same pair as the plugin
+/// protocol's [`AttachmentKey`], with the same identifier types, and converts to and from it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Owner {
@@ -50,6 +52,28 @@ impl Owner {
     }
 }
 
+impl From<AttachmentKey> for Owner {
+    fn from(k: AttachmentKey) -> Owner {
+        Owner::new(k.container_id, k.ifname)
+    }
+}
+
+impl From<&AttachmentKey> for Owner {
+    fn from(k: &AttachmentKey) -> Owner {
+        Owner::new(k.container_id.clone(), k.ifname.clone())
+    }
+}
+
+impl From<Owner> for AttachmentKey {
+    fn from(o: Owner) -> AttachmentKey {
+        AttachmentKey {
+            container_id: o.container_id,
+            ifname: o.ifname,
+        }
+    }
+}
+
+/// `container/ifname`.
 impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.container_id, self.ifname)
@@ -412,6 +436,17 @@ mod tests {
             "block 10.244.1.0/29 is exhausted: 5 used, 0 free of 5 pod addresses (the network, \
              gateway and broadcast addresses are never handed out)"
         );
+    }
+
+    #[test]
+    fn owner_converts_to_and_from_the_cni_attachment_key() {
+        let key = AttachmentKey {
+            container_id: "abc".parse().unwrap(),
+            ifname: "eth0".parse().unwrap(),
+        };
+        let o = Owner::from(&key);
+        assert_eq!(o.to_string(), "abc/eth0");
+        assert_eq!(AttachmentKey::from(o), key);
     }
 
     #[test]

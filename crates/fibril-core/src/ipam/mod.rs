@@ -2,7 +2,8 @@
 //!
 //! This module owns, as pure logic with no I/O:
 //! - the newtypes for the ranges and names involved ([`PodCidr`], [`PoolCidr`],
-//!   [`ServiceCidr`], [`NativeRoutingCidr`], [`NodeName`], [`ContainerId`], [`IfName`]);
+//!   [`ServiceCidr`], [`NativeRoutingCidr`], [`NodeName`]; container ids and interface names are
+//!   [`crate::cni_api`]'s, so an [`Owner`] converts to and from the CNI attachment key);
 //! - the overlap checks every pool and block must pass before it is used ([`OverlapCheck`],
 //!   seed 000);
 //! - cluster-pool block claiming with optimistic concurrency ([`ClusterPool`], [`PoolState`]);
@@ -34,6 +35,5 @@ pub use pool::{
     MAX_MASK_V4, MAX_MASK_V6,
 };
 pub use types::{
-    parse_cidr, CidrError, ContainerId, IfName, NameError, NativeRoutingCidr, NodeName, PodCidr,
-    PoolCidr, ServiceCidr,
+    parse_cidr, CidrError, NameError, NativeRoutingCidr, NodeName, PodCidr, PoolCidr, ServiceCidr,
 };

@@ -115,11 +115,11 @@ cidr_newtype!(
     NativeRoutingCidr
 );
 
-/// Why a name is not acceptable.
+/// Why a node name is not acceptable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {value:?}: {reason}")]
 pub struct NameError {
-    /// Which kind of name (`node name`, `container id`, `interface name`).
+    /// Which kind of name (`node name`).
     pub what: &'static str,
     /// The name as given.
     pub value: String,
@@ -176,77 +176,6 @@ impl FromStr for NodeName {
     }
 }
 
-/// A CNI `CNI_CONTAINERID`: non-empty, alphanumeric plus `_`, `.` and `-`, starting with an
-/// alphanumeric (the spec's rule).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ContainerId(String);
-
-impl ContainerId {
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for ContainerId {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, NameError> {
-        let err = |reason| NameError {
-            what: "container id",
-            value: s.to_string(),
-            reason,
-        };
-        if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-            return Err(err("must start with a letter or digit"));
-        }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            return Err(err("may contain only letters, digits, '_', '.' and '-'"));
-        }
-        Ok(ContainerId(s.to_string()))
-    }
-}
-
-/// A Linux interface name (`CNI_IFNAME`): 1 to 15 bytes, not `.` or `..`, with no `/`, `:`
-/// or whitespace (the kernel's `dev_valid_name`, which the CNI spec defers to).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct IfName(String);
-
-impl IfName {
-    /// `IFNAMSIZ` less the terminating NUL.
-    pub const MAX_LEN: usize = 15;
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for IfName {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, NameError> {
-        let err = |reason| NameError {
-            what: "interface name",
-            value: s.to_string(),
-            reason,
-        };
-        if s.is_empty() || s.len() > Self::MAX_LEN {
-            return Err(err("must have 1 to 15 bytes"));
-        }
-        if s == "." || s == ".." {
-            return Err(err("must not be '.' or '..'"));
-        }
-        if s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-            return Err(err("must not contain '/', ':' or whitespace"));
-        }
-        Ok(IfName(s.to_string()))
-    }
-}
-
 macro_rules! string_newtype_impls {
     ($($name:ident),*) => {$(
         impl TryFrom<String> for $name {
@@ -270,7 +199,7 @@ macro_rules! string_newtype_impls {
     )*};
 }
 
-string_newtype_impls!(NodeName, ContainerId, IfName);
+string_newtype_impls!(NodeName);
 
 #[cfg(test)]
 mod tests {
@@ -309,18 +238,5 @@ mod tests {
             assert!(bad.parse::<NodeName>().is_err(), "{bad}");
         }
         assert!(serde_json::from_str::<NodeName>("\"UPPER\"").is_err());
-    }
-
-    #[test]
-    fn container_ids_and_ifnames_follow_the_cni_rules() {
-        assert!("abc_1.2-3".parse::<ContainerId>().is_ok());
-        assert!("".parse::<ContainerId>().is_err());
-        assert!("-abc".parse::<ContainerId>().is_err());
-        assert!("a/b".parse::<ContainerId>().is_err());
-        assert!("eth0".parse::<IfName>().is_ok());
-        assert!("net1@x".parse::<IfName>().is_ok());
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "0123456789abcdef"] {
-            assert!(bad.parse::<IfName>().is_err(), "{bad:?}");
-        }
     }
 }
