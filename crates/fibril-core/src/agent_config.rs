@@ -48,8 +48,9 @@ pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 /// Default `stateDir`: IPAM allocations and endpoint state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/fibril";
-/// Default `socketPath`: the agent's local API, used by `fibril-cni` and `fibril status`.
-pub const DEFAULT_SOCKET_PATH: &str = "/run/fibril/agent.sock";
+/// Default `socketPath`: the agent's local API, used by `fibril-cni` and `fibril status`
+/// (the plugin protocol's default, so both sides agree).
+pub const DEFAULT_SOCKET_PATH: &str = crate::cni_api::DEFAULT_AGENT_SOCKET;
 /// Default `ipam.nodeMaskSize` for IPv4 pools: a /24 per node, 253 pods.
 pub const DEFAULT_NODE_MASK_V4: u8 = 24;
 /// Default `ipam.nodeMaskSize` for IPv6 pools.
