@@ -103,6 +103,15 @@ pub enum Error {
         #[source]
         source: NlError,
     },
+    #[error("netns {netns}: {op} neighbour {ip} on {ifname}: {source}")]
+    Neigh {
+        op: &'static str,
+        netns: String,
+        ifname: String,
+        ip: Ipv4Addr,
+        #[source]
+        source: NlError,
+    },
     #[error("netns {netns}: route {dst} needs a gateway or a device")]
     RouteTarget { netns: String, dst: Ipv4Net },
     #[error("netns {netns}: route {dst} via {via}: gateway is not an IPv4 unicast address")]

@@ -167,6 +167,29 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Open the namespace mounted at `path` (a runtime's `CNI_NETNS`, which need not be
+    /// under /run/netns); errors if absent or not a namespace mount. Its name is the
+    /// file name, used in errors only.
+    pub fn open_path(path: &Path) -> Result<NetNs> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        validate_name(&name)?;
+        let ns = NetNs {
+            name,
+            path: path.to_path_buf(),
+        };
+        if !is_netns_mount(&ns.path).map_err(ns.err("opening"))? {
+            return Err(Error::NotANetns {
+                netns: ns.name.clone(),
+                path: ns.path.clone(),
+            });
+        }
+        Ok(ns)
+    }
+
     /// Remove a namespace, like `ip netns delete`; Ok if it is already gone. Processes
     /// still inside keep the namespace itself alive until they exit.
     pub fn delete(name: &str) -> Result<()> {

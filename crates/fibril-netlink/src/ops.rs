@@ -91,7 +91,7 @@ pub struct RouteInfo {
 }
 
 impl LinkInfo {
-    fn from_message(msg: &LinkMessage) -> LinkInfo {
+    pub(crate) fn from_message(msg: &LinkMessage) -> LinkInfo {
         let mut info = LinkInfo {
             name: String::new(),
             index: msg.header.index,
@@ -127,12 +127,12 @@ impl LinkInfo {
         info
     }
 
-    fn kind_or_device(&self) -> String {
+    pub(crate) fn kind_or_device(&self) -> String {
         self.kind.clone().unwrap_or_else(|| "a device".into())
     }
 }
 
-async fn find_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NlError> {
+pub(crate) async fn find_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NlError> {
     let mut stream = h.link().get().match_name(name.to_string()).execute();
     match stream.try_next().await {
         Ok(msg) => Ok(msg),
@@ -147,7 +147,7 @@ async fn find_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NlErro
     }
 }
 
-async fn dump_links(h: &Handle) -> Result<Vec<LinkInfo>, NlError> {
+pub(crate) async fn dump_links(h: &Handle) -> Result<Vec<LinkInfo>, NlError> {
     let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
     Ok(msgs.iter().map(LinkInfo::from_message).collect())
 }
@@ -162,7 +162,7 @@ fn route_v4(a: &RouteAddress) -> Option<Ipv4Addr> {
 impl NetNs {
     /// Run an async netlink conversation inside this namespace. `mutating` operations
     /// are refused on the host namespace.
-    fn netlink<T, F, Fut>(&self, mutating: bool, f: F) -> Result<T>
+    pub(crate) fn netlink<T, F, Fut>(&self, mutating: bool, f: F) -> Result<T>
     where
         T: Send,
         F: FnOnce(Handle, String) -> Fut + Send,
@@ -324,7 +324,12 @@ impl NetNs {
         })
     }
 
-    async fn index_in(h: &Handle, netns: &str, ifname: &str, op: &'static str) -> Result<u32> {
+    pub(crate) async fn index_in(
+        h: &Handle,
+        netns: &str,
+        ifname: &str,
+        op: &'static str,
+    ) -> Result<u32> {
         match find_link(h, ifname).await {
             Ok(Some(msg)) => Ok(msg.header.index),
             Ok(None) => Err(Error::LinkNotFound {

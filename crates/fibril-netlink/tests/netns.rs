@@ -438,3 +438,91 @@ fn host_namespace_is_refused_for_changes() {
     drop(alias);
     assert!(!path.exists());
 }
+
+#[test]
+#[ignore = "privileged: needs root and netns"]
+fn static_neighbour_and_link_scope_gateway_carry_traffic() {
+    // The pod addressing fibril uses: a /32 in the pod, a link-scope route to a gateway no
+    // interface carries, a default route via it and a permanent neighbour entry for it.
+    let node = TestNetNs::new("node");
+    let pod = TestNetNs::new("pod");
+    node.ensure_veth("fibtn0", "eth0", &pod).unwrap();
+    let host_mac = node.link("fibtn0").unwrap().unwrap().mac.unwrap();
+    let gw: Ipv4Addr = "10.99.0.1".parse().unwrap();
+    let pod_ip: Ipv4Addr = "10.99.0.5".parse().unwrap();
+    pod.ensure_addr("eth0", net("10.99.0.5/32")).unwrap();
+    pod.set_up("eth0").unwrap();
+    pod.replace_neigh("eth0", gw, host_mac).unwrap();
+    pod.replace_neigh("eth0", gw, host_mac).unwrap();
+    pod.replace_route(&Route {
+        dst: net("10.99.0.1/32"),
+        via: None,
+        dev: Some("eth0".into()),
+    })
+    .unwrap();
+    pod.replace_route(&Route {
+        dst: net("0.0.0.0/0"),
+        via: Some(gw),
+        dev: Some("eth0".into()),
+    })
+    .unwrap();
+    node.ensure_addr("lo", net("192.0.2.1/32")).unwrap();
+    node.set_up("lo").unwrap();
+    node.set_up("fibtn0").unwrap();
+    node.replace_route(&Route {
+        dst: net("10.99.0.5/32"),
+        via: None,
+        dev: Some("fibtn0".into()),
+    })
+    .unwrap();
+    let n = pod.neighbours().unwrap();
+    let e = n.iter().find(|e| e.ip == gw).expect("the gateway entry");
+    assert!(
+        e.permanent && e.mac == Some(host_mac) && e.ifname == "eth0",
+        "{e:?}"
+    );
+    assert!(tcp_reachable(&pod, &node, "192.0.2.1".parse().unwrap()));
+    assert!(tcp_reachable(&node, &pod, pod_ip));
+    pod.delete_neigh("eth0", gw).unwrap();
+    pod.delete_neigh("eth0", gw).unwrap();
+    pod.delete_neigh("nosuch", gw).unwrap();
+    assert!(!pod
+        .neighbours()
+        .unwrap()
+        .iter()
+        .any(|e| e.ip == gw && e.permanent));
+}
+
+#[test]
+#[ignore = "privileged: needs root and netns"]
+fn vxlan_external_device_is_ensured_and_repaired() {
+    let ns = TestNetNs::new("vx");
+    let opts = fibril_netlink::VxlanOptions {
+        name: "fibt_vxlan".into(),
+        port: 8472,
+        mtu: None,
+    };
+    ns.ensure_vxlan(&opts).unwrap();
+    let first = ns.vxlan("fibt_vxlan").unwrap().unwrap();
+    assert!(first.external, "{first:?}");
+    assert_eq!(first.port, Some(8472));
+    ns.ensure_vxlan(&opts).unwrap();
+    assert_eq!(
+        ns.vxlan("fibt_vxlan").unwrap().unwrap().link.index,
+        first.link.index,
+        "reused"
+    );
+    ns.ensure_vxlan(&fibril_netlink::VxlanOptions {
+        port: 4789,
+        ..opts.clone()
+    })
+    .unwrap();
+    assert_eq!(ns.vxlan("fibt_vxlan").unwrap().unwrap().port, Some(4789));
+    ns.ensure_bridge("fibtbr").unwrap();
+    assert!(matches!(ns.vxlan("fibtbr"), Err(Error::LinkKind { .. })));
+    assert!(ns.vxlan("nosuch").unwrap().is_none());
+    // open_path reaches a namespace by its mount path.
+    let again = NetNs::open_path(ns.path()).unwrap();
+    assert_eq!(again.inode().unwrap(), ns.inode().unwrap());
+    assert!(NetNs::open_path(std::path::Path::new("/proc/self/status")).is_err());
+}

@@ -1,0 +1,653 @@
+//! Start-up and the reconcile loop: cluster state in, IPAM, dataplane, routes, conflist
+//! and status out.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use fibril_core::agent_config::{IpamSource, Routing, ValidConfig};
+use fibril_core::cidr::contains;
+use fibril_core::ipam::check_node_pod_cidr;
+use fibril_netlink::{NetNs, Route, VxlanOptions};
+use futures::StreamExt as _;
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::{reflector, watcher, WatchStreamExt as _};
+
+use crate::agent::{Agent, Readiness};
+use crate::dataplane::{CountersDataplane, Dataplane, HostRouting};
+use crate::endpoint;
+use crate::ipam::{node_subnets, route_infos, NodeIpam};
+use crate::status::{
+    status_socket_path, AgentStatus, ApiStatus, EndpointStatus, IpamStatus, PeerStatus,
+    TunnelStatus,
+};
+
+/// The VXLAN device of tunnel mode.
+pub const TUNNEL_DEVICE: &str = "fibril_vxlan";
+/// How often routes and status are reconciled.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How often peers are probed.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Why BPF host routing is unavailable while `fibril_bpf` has no forwarding datapath.
+const NO_BPF_FORWARDING: &str = "fibril_bpf has no forwarding datapath in this build (only \
+     per-endpoint counters), so the kernel's routing table forwards pod traffic";
+
+/// What the loop knows beyond the [`Agent`]: shown by the status socket.
+#[derive(Default)]
+struct Runtime {
+    api: ApiStatus,
+    peers: BTreeMap<String, PeerStatus>,
+    degraded: Option<String>,
+    conflist: Option<std::path::PathBuf>,
+    problems: Vec<String>,
+}
+
+/// One peer as the loop uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Peer {
+    name: String,
+    ip: Option<Ipv4Addr>,
+    pod_cidr: Option<Ipv4Net>,
+}
+
+fn peer_of(n: &Node) -> Peer {
+    Peer {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        ip: n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .and_then(|a| a.address.parse().ok()),
+        pod_cidr: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_ref())
+            .and_then(|c| c.parse().ok()),
+    }
+}
+
+/// A kube client for `apiServer`, or the client's own discovery when it is unset.
+async fn client_for(config: &ValidConfig) -> anyhow::Result<kube::Client> {
+    match &config.api_server {
+        Some(url) => {
+            let mut c = kube::Config::new(
+                url.parse()
+                    .with_context(|| format!("apiServer {url:?} is not a valid URL"))?,
+            );
+            c.default_namespace = "default".into();
+            kube::Client::try_from(c).with_context(|| format!("a client for {url}"))
+        }
+        None => kube::Client::try_default()
+            .await
+            .context("discovering the API server (no apiServer configured)"),
+    }
+}
+
+/// Runs the agent for `config` in the network namespace named after the node, until
+/// SIGTERM or SIGINT.
+pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
+    let netns = NetNs::open(config.node_name.as_str()).with_context(|| {
+        format!(
+            "opening the network namespace of node {} (the agent manages a named netns)",
+            config.node_name
+        )
+    })?;
+    let client = client_for(&config).await?;
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    run_with(config, client, netns, shutdown).await
+}
+
+/// Removes what makes the node use fibril for new pods (the conflist). Pods keep their
+/// interfaces; the programs stay pinned until the node's pin dir is removed.
+pub fn uninstall(config: &ValidConfig) -> anyhow::Result<()> {
+    crate::conflist::uninstall(&config.paths.cni_conf_dir)?;
+    Ok(())
+}
+
+/// [`run`] with the client, the node's namespace and the shutdown signal given.
+pub async fn run_with(
+    config: ValidConfig,
+    client: kube::Client,
+    netns: NetNs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.paths.state_dir)
+        .with_context(|| format!("creating {}", config.paths.state_dir.display()))?;
+    let agent = Arc::new(Agent::new(config.clone(), netns));
+    let runtime = Arc::new(Mutex::new(Runtime {
+        api: ApiStatus {
+            server: config
+                .api_server
+                .clone()
+                .unwrap_or_else(|| "(discovered)".into()),
+            ..ApiStatus::default()
+        },
+        ..Runtime::default()
+    }));
+
+    let cni = crate::server::bind_root_only(&config.paths.socket_path)?;
+    let status_path = status_socket_path(&config.paths.state_dir);
+    let status_l = crate::server::bind_root_only(&status_path)?;
+    let cni_task = tokio::spawn(crate::server::serve_cni(cni, agent.clone()));
+    let status_task = {
+        let (agent, runtime) = (agent.clone(), runtime.clone());
+        tokio::spawn(crate::server::serve_status(status_l, move || {
+            serde_json::to_value(snapshot(&agent, &runtime)).unwrap_or_default()
+        }))
+    };
+    tracing::info!(
+        node = %config.node_name,
+        socket = %config.paths.socket_path.display(),
+        status = %status_path.display(),
+        "agent listening (not ready yet)"
+    );
+
+    let res = tokio::select! {
+        r = main_loop(agent.clone(), runtime.clone(), client) => r,
+        () = shutdown => {
+            tracing::info!("shutting down; the conflist, endpoints and programs stay in place");
+            Ok(())
+        }
+    };
+    cni_task.abort();
+    status_task.abort();
+    let _ = std::fs::remove_file(&config.paths.socket_path);
+    let _ = std::fs::remove_file(&status_path);
+    if let Err(e) = &res {
+        tracing::error!("{e:#}");
+    }
+    res
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn main_loop(
+    agent: Arc<Agent>,
+    runtime: Arc<Mutex<Runtime>>,
+    client: kube::Client,
+) -> anyhow::Result<()> {
+    let config = agent.config().clone();
+    let node_name = config.node_name.as_str().to_string();
+    let nodes: Api<Node> = Api::all(client);
+    let (reader, writer) = reflector::store::<Node>();
+    let rt = runtime.clone();
+    let watch = watcher(nodes, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .for_each(move |r| {
+            let rt = rt.clone();
+            async move {
+                let mut st = rt.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(_) => {
+                        st.api.connected = true;
+                        st.api.error = None;
+                        st.api.last_contact = Some(now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "node watch");
+                        st.api.connected = false;
+                        st.api.error = Some(e.to_string());
+                    }
+                }
+            }
+        });
+    let watch_task = tokio::spawn(watch);
+    let _guard = AbortOnDrop(watch_task);
+
+    // 1. Our node, with its pod range.
+    agent.set_not_ready(format!("waiting for node {node_name} in the API"));
+    let (own, peers) = loop {
+        let state = reader.state();
+        if !state.is_empty() {
+            runtime
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .api
+                .connected = true;
+        }
+        let all: Vec<Peer> = state.iter().map(|n| peer_of(n)).collect();
+        if let Some(own) = all.iter().find(|p| p.name == node_name) {
+            let raw = state
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(node_name.as_str()))
+                .and_then(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()));
+            if matches!(config.ipam, IpamSource::Kubernetes) && raw.is_none() {
+                agent.set_not_ready(format!("waiting for node {node_name} to get spec.podCIDR"));
+            } else if own.ip.is_none() {
+                agent.set_not_ready(format!(
+                    "waiting for node {node_name} to report an InternalIP"
+                ));
+            } else {
+                let peers: Vec<Peer> = all
+                    .iter()
+                    .filter(|p| p.name != node_name)
+                    .cloned()
+                    .collect();
+                break ((own.clone(), raw), peers);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ((own, raw_pod_cidr), peers) = (own, peers);
+    let own_ip = own.ip.expect("checked above");
+
+    // 2. IPAM: the pod range, checked against everything on the node (seed 000) and, in
+    //    native mode, against the native-routing CIDR (seed 002).
+    let peer_ranges: Vec<IpNet> = peers
+        .iter()
+        .filter_map(|p| p.pod_cidr)
+        .map(IpNet::V4)
+        .collect();
+    let (routes, addrs) = blocking(|| -> anyhow::Result<_> {
+        Ok((agent.netns().routes()?, agent.netns().addrs()?))
+    })?;
+    let is_ours = |dev: &str| endpoint::is_pod_veth(dev) || dev == TUNNEL_DEVICE;
+    let checks = config.overlap_check(
+        route_infos(&routes, is_ours, &peer_ranges),
+        node_subnets(&addrs),
+    );
+    let block = match &config.ipam {
+        IpamSource::Kubernetes => check_node_pod_cidr(
+            &config.node_name,
+            raw_pod_cidr.as_deref(),
+            &checks,
+            config.native_routing_cidr(),
+        )
+        .map_err(|e| {
+            refuse(
+                &agent,
+                format!("IPAM refused node {node_name}'s pod CIDR: {e}"),
+            )
+        })?,
+        IpamSource::ClusterPool(_) => {
+            return Err(refuse(
+                &agent,
+                "ipam.mode cluster-pool is not implemented by this agent yet; use kubernetes"
+                    .into(),
+            ))
+        }
+    };
+    if let Some(native) = config.native_routing_cidr() {
+        for p in &peers {
+            if let Some(c) = p.pod_cidr {
+                if !contains(&native.net(), &IpNet::V4(c)) {
+                    return Err(refuse(
+                        &agent,
+                        format!(
+                            "nativeRoutingCidr {native} does not cover node {}'s pod CIDR {c}: its \
+                             pods' traffic would be SNATed and bypass policy (seed 002). Make \
+                             nativeRoutingCidr cover every pod CIDR",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let ipam = NodeIpam::open(&config.paths.state_dir, block)
+        .map_err(|e| refuse(&agent, format!("IPAM state: {e}")))?;
+    tracing::info!(block = %block, file = %ipam.path().display(), used = %ipam.stats().used, "IPAM ready");
+
+    // 3. The dataplane, strict about host routing (seed 001).
+    let pin_dir = config.bpf_pin_dir();
+    let mut dp: Box<dyn Dataplane> =
+        blocking(|| select_dataplane(&config, &pin_dir)).map_err(|e| refuse(&agent, e))?;
+    let host_routing = dp.host_routing();
+    if let HostRouting::Legacy { cause } = &host_routing {
+        if !config.allow_degraded {
+            return Err(refuse(
+                &agent,
+                format!(
+                    "BPF host routing cannot be used: {cause}. fibril refuses to run with \
+                     legacy host routing (seed 001); set allowDegraded: true to run degraded"
+                ),
+            ));
+        }
+        let why = format!("legacy host routing: {cause}");
+        tracing::warn!(degraded = %why, "running DEGRADED (allowDegraded)");
+        runtime.lock().unwrap_or_else(|p| p.into_inner()).degraded = Some(why);
+    }
+    if matches!(config.routing, Routing::Tunnel { .. }) && !matches!(host_routing, HostRouting::Bpf)
+    {
+        return Err(refuse(
+            &agent,
+            format!(
+                "routingMode tunnel needs the BPF datapath, and the dataplane in use is {}",
+                dp.name()
+            ),
+        ));
+    }
+    tracing::info!(dataplane = dp.name(), host_routing = %host_routing, "dataplane loaded");
+
+    // 4. Node-level setup: forwarding, the uplink, the tunnel device.
+    blocking(|| -> anyhow::Result<()> {
+        let ns = agent.netns();
+        ns.set_sysctl("net.ipv4.ip_forward", "1")?;
+        let uplink = addrs
+            .iter()
+            .find(|a| a.addr.addr() == own_ip)
+            .map(|a| a.ifname.clone())
+            .with_context(|| {
+                format!("no interface in the node's netns carries its InternalIP {own_ip}")
+            })?;
+        dp.attach_underlay(ns, &uplink)?;
+        if let Routing::Tunnel { port } = config.routing {
+            ns.ensure_vxlan(&VxlanOptions {
+                name: TUNNEL_DEVICE.into(),
+                port,
+                mtu: None,
+            })?;
+            ns.set_up(TUNNEL_DEVICE)?;
+            dp.attach_tunnel(ns, TUNNEL_DEVICE)?;
+        }
+        dp.upsert_remote(block_v4(&block)?, own_ip)?;
+        Ok(())
+    })
+    .map_err(|e| refuse(&agent, format!("setting up the node: {e:#}")))?;
+
+    // 5. Ready: re-adopt endpoints, then let the runtime use fibril.
+    let problems = blocking(|| agent.become_ready(ipam, dp)).map_err(|e| anyhow::anyhow!(e))?;
+    for p in &problems {
+        tracing::warn!("{p}");
+    }
+    let path = crate::conflist::install(&config.paths.cni_conf_dir, &config.paths.socket_path)
+        .context("writing the CNI conflist")?;
+    tracing::info!(conflist = %path.display(), "ready: CNI config installed");
+    {
+        let mut st = runtime.lock().unwrap_or_else(|p| p.into_inner());
+        st.conflist = Some(path);
+        st.problems = problems;
+    }
+
+    // 6. Keep routes and status current.
+    let mut installed: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+    let mut last_probe: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    loop {
+        tick.tick().await;
+        let peers: Vec<Peer> = reader
+            .state()
+            .iter()
+            .map(|n| peer_of(n))
+            .filter(|p| p.name != node_name)
+            .collect();
+        let probe = last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
+        if probe {
+            last_probe = Some(tokio::time::Instant::now());
+        }
+        let statuses = blocking(|| reconcile_peers(&agent, &peers, &mut installed, probe));
+        let mut st = runtime.lock().unwrap_or_else(|p| p.into_inner());
+        for s in statuses {
+            let keep = st.peers.get(&s.name).cloned();
+            let mut s = s;
+            if !probe {
+                if let Some(k) = keep {
+                    s.reachable = k.reachable;
+                    s.rtt_ms = k.rtt_ms;
+                }
+            }
+            st.peers.insert(s.name.clone(), s);
+        }
+        st.peers.retain(|n, _| peers.iter().any(|p| &p.name == n));
+    }
+}
+
+fn block_v4(block: &fibril_core::ipam::PodCidr) -> anyhow::Result<Ipv4Net> {
+    match block.net() {
+        IpNet::V4(n) => Ok(n),
+        IpNet::V6(n) => bail!("IPv6 pod CIDR {n} is not supported yet"),
+    }
+}
+
+/// Logs the refusal, shows it in status (while the process lives), returns it as the error.
+fn refuse(agent: &Agent, why: String) -> anyhow::Error {
+    tracing::error!(refused = %why, "the agent refuses to start");
+    agent.set_not_ready(format!("refused: {why}"));
+    anyhow::anyhow!(why)
+}
+
+/// The dataplane to use. Today: counters with kernel forwarding (the BPF forwarding
+/// datapath is not in `fibril_bpf` yet), which is legacy host routing.
+fn select_dataplane(
+    _config: &ValidConfig,
+    pin_dir: &std::path::Path,
+) -> Result<Box<dyn Dataplane>, String> {
+    CountersDataplane::load(pin_dir, NO_BPF_FORWARDING)
+        .map(|d| Box::new(d) as Box<dyn Dataplane>)
+        .map_err(|e| format!("loading the dataplane: {e}"))
+}
+
+/// Routes (native) or ipcache entries (tunnel) to every peer's pod range; a status per peer.
+fn reconcile_peers(
+    agent: &Agent,
+    peers: &[Peer],
+    installed: &mut BTreeMap<Ipv4Net, Ipv4Addr>,
+    probe: bool,
+) -> Vec<PeerStatus> {
+    let config = agent.config();
+    let ns = agent.netns();
+    let mut out = Vec::new();
+    let mut want: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+    for p in peers {
+        let mut s = PeerStatus {
+            name: p.name.clone(),
+            internal_ip: p.ip,
+            pod_cidr: p.pod_cidr.map(|c| c.to_string()),
+            ..PeerStatus::default()
+        };
+        if let (Some(c), Some(ip)) = (p.pod_cidr, p.ip) {
+            match config.native_routing_cidr() {
+                Some(native) if !contains(&native.net(), &IpNet::V4(c)) => {
+                    s.error = Some(format!(
+                        "pod CIDR {c} is outside nativeRoutingCidr {native}: not routed"
+                    ));
+                }
+                _ => {
+                    want.insert(c, ip);
+                }
+            }
+        }
+        if probe {
+            if let Some(ip) = p.ip {
+                match ns.run(|| crate::probe::ping(ip, Duration::from_secs(1))) {
+                    Ok(Ok(rtt)) => {
+                        s.reachable = Some(true);
+                        s.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                    }
+                    Ok(Err(e)) => {
+                        s.reachable = Some(false);
+                        s.error.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        s.reachable = Some(false);
+                        s.error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+        }
+        out.push(s);
+    }
+    let native = matches!(config.routing, Routing::Native { .. });
+    for (dst, via) in &want {
+        if installed.get(dst) == Some(via) {
+            continue;
+        }
+        let mut res: Result<(), String> = Ok(());
+        if native {
+            res = ns
+                .replace_route(&Route {
+                    dst: *dst,
+                    via: Some(*via),
+                    dev: None,
+                })
+                .map_err(|e| e.to_string());
+        }
+        if res.is_ok() {
+            if let Some(mut dp) = agent.dataplane() {
+                res = dp.upsert_remote(*dst, *via).map_err(|e| e.to_string());
+            }
+        }
+        match res {
+            Ok(()) => {
+                tracing::info!(%dst, %via, "peer pod CIDR programmed");
+                installed.insert(*dst, *via);
+            }
+            Err(e) => {
+                tracing::error!(%dst, %via, error = %e, "cannot program the peer's pod CIDR");
+                if let Some(s) = out.iter_mut().find(|s| s.pod_cidr == Some(dst.to_string())) {
+                    s.error = Some(e);
+                }
+            }
+        }
+    }
+    let stale: Vec<Ipv4Net> = installed
+        .keys()
+        .filter(|d| !want.contains_key(d))
+        .copied()
+        .collect();
+    for dst in stale {
+        let mut ok = true;
+        if native {
+            ok &= ns.delete_route(dst).is_ok();
+        }
+        if let Some(mut dp) = agent.dataplane() {
+            ok &= dp.remove_remote(dst).is_ok();
+        }
+        if ok {
+            tracing::info!(%dst, "removed a departed peer's pod CIDR");
+            installed.remove(&dst);
+        }
+    }
+    for s in &mut out {
+        s.programmed = s
+            .pod_cidr
+            .as_ref()
+            .and_then(|c| c.parse::<Ipv4Net>().ok())
+            .is_some_and(|c| installed.contains_key(&c));
+    }
+    out
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The status document.
+fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
+    let config = agent.config();
+    let rt = runtime.lock().unwrap_or_else(|p| p.into_inner());
+    let (ready, not_ready_reason) = match agent.readiness() {
+        Readiness::Ready => (true, None),
+        Readiness::NotReady(r) => (false, Some(r)),
+    };
+    let (routing_mode, native_routing_cidr, tunnel) = match &config.routing {
+        Routing::Native {
+            native_routing_cidr,
+        } => ("native", Some(native_routing_cidr.to_string()), None),
+        Routing::Tunnel { port } => (
+            "tunnel",
+            None,
+            Some(TunnelStatus {
+                device: TUNNEL_DEVICE.into(),
+                port: *port,
+            }),
+        ),
+    };
+    let (ipam_mode, pool) = match &config.ipam {
+        IpamSource::Kubernetes => ("kubernetes", Vec::new()),
+        IpamSource::ClusterPool(p) => (
+            "cluster-pool",
+            p.cidrs().iter().map(|c| c.to_string()).collect(),
+        ),
+    };
+    let mut ipam = IpamStatus {
+        mode: ipam_mode.into(),
+        pool,
+        ..IpamStatus::default()
+    };
+    if let Some(i) = agent.ipam() {
+        let s = i.stats();
+        ipam.node_cidr = Some(s.block.to_string());
+        ipam.used = s.used;
+        ipam.free = s.free;
+        ipam.total = s.total;
+        ipam.exhausted = s.free == 0;
+    }
+    let (dataplane, host_routing, programs, pin_dir) = match agent.dataplane() {
+        Some(dp) => (
+            dp.name().to_string(),
+            serde_json::to_value(dp.host_routing()).unwrap_or_default(),
+            dp.programs(),
+            Some(dp.pin_dir().to_path_buf()),
+        ),
+        None => (
+            "(not loaded)".into(),
+            serde_json::json!({"mode": "none", "cause": "the dataplane is not loaded yet"}),
+            Vec::new(),
+            None,
+        ),
+    };
+    let endpoints = agent
+        .endpoint_records()
+        .into_values()
+        .map(|r| EndpointStatus {
+            container_id: r.key.container_id.to_string(),
+            ifname: r.key.ifname.to_string(),
+            ip: r.ip,
+            host_veth: r.host_veth,
+            pod: r.pod.map(|p| format!("{}/{}", p.namespace, p.name)),
+        })
+        .collect();
+    let mut problems = rt.problems.clone();
+    if ipam.exhausted {
+        problems.push(format!(
+            "pod CIDR {} is exhausted: new pods on this node get no address",
+            ipam.node_cidr.clone().unwrap_or_default()
+        ));
+    }
+    AgentStatus {
+        node: config.node_name.to_string(),
+        ready,
+        not_ready_reason,
+        routing_mode: routing_mode.into(),
+        native_routing_cidr,
+        tunnel,
+        host_routing,
+        degraded: rt.degraded.clone(),
+        dataplane,
+        bpf_pin_dir: pin_dir,
+        ipam,
+        endpoints,
+        programs,
+        api: rt.api.clone(),
+        nodes: rt.peers.values().cloned().collect(),
+        conflist: rt.conflist.clone(),
+        problems,
+    }
+}

@@ -1,0 +1,33 @@
+//! fibril-agent: the per-node daemon of fibril.
+//!
+//! It owns, for one node:
+//! - **IPAM**: the node's pod range (`node.spec.podCIDR` in kubernetes mode), refused when
+//!   it overlaps a route, a node subnet, the Service range or a reserved range (seed 000),
+//!   and the address allocator, persisted before any address is handed out (seed 002);
+//! - the **CNI server** on `socketPath` ([`fibril_core::cni_api`]): ADD, DEL, CHECK, STATUS
+//!   and GC for the `fibril-cni` plugin ([`agent`]), answering "not available" (50) until
+//!   ready;
+//! - the **CNI conflist**, written only once IPAM and the dataplane are ready ([`conflist`]);
+//! - **routing** between nodes: routes to peers' pod ranges (native) or the VXLAN device and
+//!   ipcache entries (tunnel);
+//! - the **dataplane** behind the [`dataplane::Dataplane`] seam, strict by default: legacy
+//!   host routing is refused unless `allowDegraded` (seed 001);
+//! - the **status socket** ([`status`]) that `fibril status` reads.
+//!
+//! The agent runs inside its node's network namespace in the lab; every netlink change
+//! goes through [`fibril_netlink::NetNs`] on that namespace, so nothing else is touched.
+
+pub mod agent;
+pub mod conflist;
+mod controller;
+pub mod dataplane;
+pub mod endpoint;
+pub mod ipam;
+pub mod persist;
+pub mod probe;
+pub mod server;
+pub mod status;
+
+pub use agent::{Agent, Readiness};
+pub use controller::{run, run_with, uninstall, TUNNEL_DEVICE};
+pub use status::{read_status, status_socket_path, AgentStatus};
