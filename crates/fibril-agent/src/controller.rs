@@ -19,7 +19,7 @@ use kube::api::Api;
 use kube::runtime::{reflector, watcher, WatchStreamExt as _};
 
 use crate::agent::{Agent, Readiness};
-use crate::dataplane::{CountersDataplane, Dataplane, HostRouting};
+use crate::dataplane::{BpfDataplane, CountersDataplane, Dataplane, HostRouting};
 use crate::endpoint;
 use crate::ipam::{node_subnets, route_infos, NodeIpam};
 use crate::status::{
@@ -34,9 +34,14 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How often peers are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 
-/// Why BPF host routing is unavailable while `fibril_bpf` has no forwarding datapath.
-const NO_BPF_FORWARDING: &str = "fibril_bpf has no forwarding datapath in this build (only \
-     per-endpoint counters), so the kernel's routing table forwards pod traffic";
+/// Settings that are not part of the agent's configuration file.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Do not use the BPF datapath; the text is the cause shown with `Legacy` host routing.
+    /// For tests of the strict and degraded paths; a BPF datapath that fails to load has the
+    /// same effect with its error as the cause.
+    pub force_legacy: Option<String>,
+}
 
 /// What the loop knows beyond the [`Agent`]: shown by the status socket.
 #[derive(Default)]
@@ -125,6 +130,17 @@ pub async fn run_with(
     netns: NetNs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_options(config, client, netns, shutdown, RunOptions::default()).await
+}
+
+/// [`run_with`] and [`RunOptions`].
+pub async fn run_with_options(
+    config: ValidConfig,
+    client: kube::Client,
+    netns: NetNs,
+    shutdown: impl Future<Output = ()>,
+    options: RunOptions,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.paths.state_dir)
         .with_context(|| format!("creating {}", config.paths.state_dir.display()))?;
     let agent = Arc::new(Agent::new(config.clone(), netns));
@@ -157,7 +173,7 @@ pub async fn run_with(
     );
 
     let res = tokio::select! {
-        r = main_loop(agent.clone(), runtime.clone(), client) => r,
+        r = main_loop(agent.clone(), runtime.clone(), client, options) => r,
         () = shutdown => {
             tracing::info!("shutting down; the conflist, endpoints and programs stay in place");
             Ok(())
@@ -181,6 +197,7 @@ async fn main_loop(
     agent: Arc<Agent>,
     runtime: Arc<Mutex<Runtime>>,
     client: kube::Client,
+    options: RunOptions,
 ) -> anyhow::Result<()> {
     let config = agent.config().clone();
     let node_name = config.node_name.as_str().to_string();
@@ -306,10 +323,41 @@ async fn main_loop(
         .map_err(|e| refuse(&agent, format!("IPAM state: {e}")))?;
     tracing::info!(block = %block, file = %ipam.path().display(), used = %ipam.stats().used, "IPAM ready");
 
-    // 3. The dataplane, strict about host routing (seed 001).
+    // 3. Node-level setup the dataplane needs: forwarding, the tunnel device.
+    let tunnel_ifindex = blocking(|| -> anyhow::Result<Option<u32>> {
+        let ns = agent.netns();
+        ns.set_sysctl("net.ipv4.ip_forward", "1")?;
+        let Routing::Tunnel { port } = config.routing else {
+            return Ok(None);
+        };
+        ns.ensure_vxlan(&VxlanOptions {
+            name: TUNNEL_DEVICE.into(),
+            port,
+            mtu: None,
+        })?;
+        ns.set_up(TUNNEL_DEVICE)?;
+        let link = ns
+            .link(TUNNEL_DEVICE)?
+            .with_context(|| format!("{TUNNEL_DEVICE} vanished after its creation"))?;
+        Ok(Some(link.index))
+    })
+    .map_err(|e| refuse(&agent, format!("setting up the node: {e:#}")))?;
+    let uplink = addrs
+        .iter()
+        .find(|a| a.addr.addr() == own_ip)
+        .map(|a| a.ifname.clone())
+        .ok_or_else(|| {
+            refuse(
+                &agent,
+                format!("no interface in the node's netns carries its InternalIP {own_ip}"),
+            )
+        })?;
+
+    // 4. The dataplane, strict about host routing (seed 001).
     let pin_dir = config.bpf_pin_dir();
     let mut dp: Box<dyn Dataplane> =
-        blocking(|| select_dataplane(&config, &pin_dir)).map_err(|e| refuse(&agent, e))?;
+        blocking(|| select_dataplane(&agent, &pin_dir, own_ip, tunnel_ifindex, &options))
+            .map_err(|e| refuse(&agent, e))?;
     let host_routing = dp.host_routing();
     if let HostRouting::Legacy { cause } = &host_routing {
         if !config.allow_degraded {
@@ -336,32 +384,16 @@ async fn main_loop(
         ));
     }
     tracing::info!(dataplane = dp.name(), host_routing = %host_routing, "dataplane loaded");
-
-    // 4. Node-level setup: forwarding, the uplink, the tunnel device.
     blocking(|| -> anyhow::Result<()> {
         let ns = agent.netns();
-        ns.set_sysctl("net.ipv4.ip_forward", "1")?;
-        let uplink = addrs
-            .iter()
-            .find(|a| a.addr.addr() == own_ip)
-            .map(|a| a.ifname.clone())
-            .with_context(|| {
-                format!("no interface in the node's netns carries its InternalIP {own_ip}")
-            })?;
         dp.attach_underlay(ns, &uplink)?;
-        if let Routing::Tunnel { port } = config.routing {
-            ns.ensure_vxlan(&VxlanOptions {
-                name: TUNNEL_DEVICE.into(),
-                port,
-                mtu: None,
-            })?;
-            ns.set_up(TUNNEL_DEVICE)?;
+        if tunnel_ifindex.is_some() {
             dp.attach_tunnel(ns, TUNNEL_DEVICE)?;
         }
         dp.upsert_remote(block_v4(&block)?, own_ip)?;
         Ok(())
     })
-    .map_err(|e| refuse(&agent, format!("setting up the node: {e:#}")))?;
+    .map_err(|e| refuse(&agent, format!("attaching the dataplane: {e:#}")))?;
 
     // 5. Ready: re-adopt endpoints, then let the runtime use fibril.
     let problems = blocking(|| agent.become_ready(ipam, dp)).map_err(|e| anyhow::anyhow!(e))?;
@@ -424,13 +456,42 @@ fn refuse(agent: &Agent, why: String) -> anyhow::Error {
     anyhow::anyhow!(why)
 }
 
-/// The dataplane to use. Today: counters with kernel forwarding (the BPF forwarding
-/// datapath is not in `fibril_bpf` yet), which is legacy host routing.
+/// The dataplane to use: the BPF datapath; the counters with kernel forwarding only when
+/// the BPF datapath cannot be used and `allowDegraded` is set (the caller then shows the
+/// cause). Never a silent choice: the caller logs and reports which one is in use.
 fn select_dataplane(
-    _config: &ValidConfig,
+    agent: &Agent,
     pin_dir: &std::path::Path,
+    node_ip: Ipv4Addr,
+    tunnel_ifindex: Option<u32>,
+    options: &RunOptions,
 ) -> Result<Box<dyn Dataplane>, String> {
-    CountersDataplane::load(pin_dir, NO_BPF_FORWARDING)
+    let config = agent.config();
+    let cause = match &options.force_legacy {
+        Some(why) => why.clone(),
+        None => {
+            let routing = match tunnel_ifindex {
+                Some(device_ifindex) => fibril_bpf::RoutingMode::Tunnel { device_ifindex },
+                None => fibril_bpf::RoutingMode::Native,
+            };
+            let dp_config = fibril_bpf::DatapathConfig {
+                routing,
+                node_ip,
+                trace_sample: None,
+            };
+            match BpfDataplane::load(agent.netns(), pin_dir, dp_config) {
+                Ok(d) => return Ok(Box::new(d)),
+                Err(e) => format!("the BPF datapath cannot be loaded: {e}"),
+            }
+        }
+    };
+    if !config.allow_degraded {
+        return Err(format!(
+            "BPF host routing cannot be used: {cause}. fibril refuses to run with legacy host \
+             routing (seed 001); set allowDegraded: true to run degraded"
+        ));
+    }
+    CountersDataplane::load(pin_dir, cause)
         .map(|d| Box::new(d) as Box<dyn Dataplane>)
         .map_err(|e| format!("loading the dataplane: {e}"))
 }

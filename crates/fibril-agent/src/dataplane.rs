@@ -1,7 +1,8 @@
 //! The seam between the agent and the kernel datapath: [`Dataplane`].
 //!
 //! Two implementations, and the agent says which one is in use (status and logs):
-//! - the BPF forwarding datapath (`fibril_bpf::Datapath`): BPF host routing;
+//! - [`BpfDataplane`], the BPF forwarding datapath ([`fibril_bpf::Datapath`]): BPF host
+//!   routing;
 //! - [`CountersDataplane`]: fibril's per-endpoint counters (tc, pinned) on every pod veth,
 //!   with packets forwarded by the node's routing table. That is *legacy* host routing, and
 //!   the agent refuses to start on it unless `allowDegraded` is set (seed 001).
@@ -216,5 +217,154 @@ impl Dataplane for CountersDataplane {
 
     fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+}
+
+/// The BPF forwarding datapath: `redirect_peer` on the node, FIB + `redirect_neigh` (native)
+/// or the VXLAN tunnel key (tunnel) across nodes.
+pub struct BpfDataplane {
+    dp: fibril_bpf::Datapath,
+}
+
+fn bpf_err(
+    op: &'static str,
+    target: impl Into<String>,
+) -> impl FnOnce(Box<fibril_bpf::BpfError>) -> DataplaneError {
+    let target = target.into();
+    move |source| DataplaneError::Bpf { op, target, source }
+}
+
+impl BpfDataplane {
+    pub const NAME: &'static str = "bpf";
+
+    /// Loads the programs, reusing the maps pinned in `pin_dir` (so endpoints, ipcache and
+    /// counters survive a restart).
+    pub fn load(
+        netns: &NetNs,
+        pin_dir: &Path,
+        config: fibril_bpf::DatapathConfig,
+    ) -> Result<Self, DataplaneError> {
+        let dp = netns
+            .run(|| fibril_bpf::Datapath::load(pin_dir, config).map_err(Box::new))?
+            .map_err(bpf_err(
+                "loading the BPF datapath, pinned in",
+                pin_dir.display().to_string(),
+            ))?;
+        Ok(BpfDataplane { dp })
+    }
+}
+
+fn hook_name(h: &fibril_bpf::Hook) -> String {
+    match h {
+        fibril_bpf::Hook::FromPod => "tc-ingress (from-pod)",
+        fibril_bpf::Hook::ToPod => "tc-egress (to-pod)",
+        fibril_bpf::Hook::FromNetdev => "tc-ingress (from-netdev)",
+        fibril_bpf::Hook::FromTunnel => "tc-ingress (from-tunnel)",
+    }
+    .to_string()
+}
+
+impl Dataplane for BpfDataplane {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn host_routing(&self) -> HostRouting {
+        HostRouting::Bpf
+    }
+
+    fn attach_underlay(&mut self, netns: &NetNs, ifname: &str) -> Result<(), DataplaneError> {
+        let dp = &mut self.dp;
+        netns
+            .run(|| dp.attach_underlay(ifname).map_err(Box::new))?
+            .map_err(bpf_err("attaching the underlay program to", ifname))
+    }
+
+    fn attach_tunnel(&mut self, netns: &NetNs, ifname: &str) -> Result<(), DataplaneError> {
+        let dp = &mut self.dp;
+        netns
+            .run(|| dp.attach_tunnel(ifname).map_err(Box::new))?
+            .map_err(bpf_err("attaching the tunnel program to", ifname))
+    }
+
+    fn add_endpoint(&mut self, netns: &NetNs, ep: &EndpointInfo) -> Result<(), DataplaneError> {
+        let dp = &mut self.dp;
+        netns
+            .run(|| dp.attach_pod(&ep.host_ifname).map_err(Box::new))?
+            .map_err(bpf_err(
+                "attaching the pod programs to",
+                ep.host_ifname.clone(),
+            ))?;
+        let endpoint = fibril_bpf::Endpoint::Pod {
+            ifindex: ep.host_ifindex,
+            mac: fibril_bpf::MacAddr(ep.pod_mac.0),
+            node_mac: fibril_bpf::MacAddr(ep.host_mac.0),
+            identity: fibril_bpf::Identity::UNKNOWN,
+        };
+        self.dp
+            .upsert_endpoint(ep.ip, &endpoint)
+            .map_err(|e| bpf_err("writing the endpoint of", ep.ip.to_string())(Box::new(e)))
+    }
+
+    fn remove_endpoint(
+        &mut self,
+        netns: &NetNs,
+        ip: Option<Ipv4Addr>,
+        host_ifname: &str,
+    ) -> Result<(), DataplaneError> {
+        if let Some(ip) = ip {
+            // Before the detach: nothing may be redirected to a veth on its way out.
+            self.dp
+                .remove_endpoint(ip)
+                .map(|_| ())
+                .map_err(|e| bpf_err("removing the endpoint of", ip.to_string())(Box::new(e)))?;
+        }
+        let dp = &mut self.dp;
+        netns
+            .run(|| dp.detach(host_ifname).map_err(Box::new))?
+            .map_err(bpf_err("detaching the pod programs from", host_ifname))
+    }
+
+    fn upsert_remote(&mut self, prefix: Ipv4Net, node_ip: Ipv4Addr) -> Result<(), DataplaneError> {
+        let remote = fibril_bpf::Remote {
+            identity: fibril_bpf::Identity::UNKNOWN,
+            tunnel_endpoint: Some(node_ip),
+        };
+        self.dp
+            .upsert_remote(prefix, &remote)
+            .map_err(|e| bpf_err("writing the ipcache entry of", prefix.to_string())(Box::new(e)))
+    }
+
+    fn remove_remote(&mut self, prefix: Ipv4Net) -> Result<(), DataplaneError> {
+        self.dp
+            .remove_remote(prefix)
+            .map(|_| ())
+            .map_err(|e| bpf_err("removing the ipcache entry of", prefix.to_string())(Box::new(e)))
+    }
+
+    fn programs(&self) -> Vec<AttachedProgram> {
+        self.dp
+            .attached()
+            .into_iter()
+            .map(|(ifname, hooks)| AttachedProgram {
+                ifname,
+                hooks: hooks.iter().map(hook_name).collect(),
+            })
+            .collect()
+    }
+
+    fn prune_gone(&mut self, netns: &NetNs) -> Result<(), DataplaneError> {
+        let dp = &mut self.dp;
+        netns
+            .run(|| dp.prune_gone().map_err(Box::new))?
+            .map(|_| ())
+            .map_err(bpf_err(
+                "pruning gone interfaces from",
+                self.dp.pin_dir().display().to_string(),
+            ))
+    }
+
+    fn pin_dir(&self) -> &Path {
+        self.dp.pin_dir()
     }
 }

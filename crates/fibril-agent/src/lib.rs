@@ -29,5 +29,5 @@ pub mod server;
 pub mod status;
 
 pub use agent::{Agent, Readiness};
-pub use controller::{run, run_with, uninstall, TUNNEL_DEVICE};
+pub use controller::{run, run_with, run_with_options, uninstall, RunOptions, TUNNEL_DEVICE};
 pub use status::{read_status, status_socket_path, AgentStatus};

@@ -120,6 +120,8 @@ impl RunningAgent {
 
 struct Opts {
     allow_degraded: bool,
+    /// Keep the agent off the BPF datapath, with this cause.
+    force_legacy: Option<&'static str>,
     native_cidr: &'static str,
     with_pod_cidr: Option<&'static str>,
 }
@@ -127,7 +129,8 @@ struct Opts {
 impl Default for Opts {
     fn default() -> Self {
         Opts {
-            allow_degraded: true,
+            allow_degraded: false,
+            force_legacy: None,
             native_cidr: "10.250.0.0/16",
             with_pod_cidr: Some(NODE_CIDR),
         }
@@ -236,6 +239,9 @@ impl Env {
 
     fn start(&mut self, opts: &Opts) {
         let cfg = self.config(opts);
+        let options = fibril_agent::RunOptions {
+            force_legacy: opts.force_legacy.map(String::from),
+        };
         let url = self.api_url.clone();
         let ns = self.node.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -247,9 +253,15 @@ impl Env {
                 .unwrap();
             rt.block_on(async move {
                 let client = fibril_apiserver::client_for_url(&url)?;
-                fibril_agent::run_with(cfg, client, ns, async {
-                    let _ = rx.await;
-                })
+                fibril_agent::run_with_options(
+                    cfg,
+                    client,
+                    ns,
+                    async {
+                        let _ = rx.await;
+                    },
+                    options,
+                )
                 .await
             })
         });
@@ -397,15 +409,53 @@ fn tcp_ok(from: &NetNs, to: &NetNs, addr: Ipv4Addr) -> bool {
 fn strict_mode_refuses_legacy_host_routing() {
     let _ = PRIV;
     let opts = Opts {
-        allow_degraded: false,
+        force_legacy: Some("test: BPF host routing switched off"),
         ..Opts::default()
     };
     let mut env = Env::new(&opts);
     env.start(&opts);
     let e = env.refusal();
     assert!(e.contains("BPF host routing cannot be used"), "{e}");
-    assert!(e.contains("allowDegraded"), "{e}");
+    assert!(
+        e.contains("switched off") && e.contains("allowDegraded"),
+        "{e}"
+    );
     assert!(!env.conflist().exists(), "no conflist when refusing");
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn allow_degraded_runs_legacy_and_says_so() {
+    let opts = Opts {
+        force_legacy: Some("test: BPF host routing switched off"),
+        allow_degraded: true,
+        ..Opts::default()
+    };
+    let mut env = Env::new(&opts);
+    env.start(&opts);
+    let st = env.wait_ready();
+    assert_eq!(st.host_routing["mode"], "Legacy", "{st:?}");
+    assert!(st.host_routing["cause"]
+        .as_str()
+        .unwrap()
+        .contains("switched off"));
+    assert!(
+        st.degraded.as_deref().unwrap().contains("switched off"),
+        "{st:?}"
+    );
+    assert_eq!(st.dataplane, "counters+kernel-routes");
+    let text = st.render();
+    assert!(
+        text.contains("Legacy") && text.contains("Degraded:"),
+        "{text}"
+    );
+    // Pods still work, counted by the programs on their veths.
+    let (p1, p2) = (env.pod("a"), env.pod("b"));
+    let ip1 = pod_ip(&ok_result(env.add("c1", &p1)));
+    let ip2 = pod_ip(&ok_result(env.add("c2", &p2)));
+    assert!(tcp_ok(&p1, &p2, ip2));
+    assert!(tcp_ok(&p2, &p1, ip1));
+    assert_eq!(env.status().programs.len(), 2);
 }
 
 #[test]
@@ -489,8 +539,13 @@ fn cni_lifecycle_readiness_traffic_check_del_gc() {
     let st = env.wait_ready();
     assert!(env.conflist().exists());
     assert_eq!(st.ipam.node_cidr.as_deref(), Some(NODE_CIDR));
-    assert_eq!(st.host_routing["mode"], "Legacy", "{st:?}");
-    assert!(st.degraded.is_some());
+    assert_eq!(st.host_routing["mode"], "BPF", "{st:?}");
+    assert_eq!(st.dataplane, "bpf");
+    assert!(st.degraded.is_none());
+    assert!(
+        st.programs.iter().any(|p| p.ifname == "eth0"),
+        "the underlay program: {st:?}"
+    );
     assert!(matches!(env.call(CniOp::Status), CniResponse::Ok(None)));
 
     // Two ADDs at once.
@@ -538,7 +593,7 @@ fn cni_lifecycle_readiness_traffic_check_del_gc() {
     };
     assert_eq!(st.endpoints.len(), 2, "{st:?}");
     assert_eq!(st.ipam.used, 2);
-    assert_eq!(st.programs.len(), 2, "{st:?}");
+    assert_eq!(st.programs.len(), 3, "two pod veths and the uplink: {st:?}");
     assert!(st.api.connected);
     let routes = env.node.routes().unwrap();
     assert!(
@@ -548,7 +603,10 @@ fn cni_lifecycle_readiness_traffic_check_del_gc() {
         "{routes:?}"
     );
     let text = st.render();
-    assert!(text.contains("Legacy") && text.contains("native"), "{text}");
+    assert!(
+        text.contains("Host Routing:   BPF") && text.contains("native"),
+        "{text}"
+    );
 
     // CHECK: fine, then against a result that is not ours.
     assert!(matches!(
@@ -689,7 +747,7 @@ fn restart_keeps_traffic_and_readopts_endpoints() {
     env.start(&opts);
     let st = env.wait_ready();
     assert_eq!(st.endpoints.len(), 2, "{st:?}");
-    assert_eq!(st.programs.len(), 2, "re-adopted: {st:?}");
+    assert_eq!(st.programs.len(), 3, "re-adopted: {st:?}");
     roundtrip(&mut conn);
     // Persisted allocations: a new pod gets neither address.
     let p3 = env.pod("c");
