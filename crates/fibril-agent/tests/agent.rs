@@ -757,3 +757,39 @@ fn restart_keeps_traffic_and_readopts_endpoints() {
     drop(conn);
     let _ = echo.join();
 }
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn sockets_refuse_non_root_peers() {
+    let opts = Opts::default();
+    let mut env = Env::new(&opts);
+    env.start(&opts);
+    env.wait_ready();
+    use std::os::unix::fs::PermissionsExt as _;
+    for socket in [env.socket(), env.status_socket()] {
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+        // Open the file up, so that only the peer-credential check stands in the way.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let got = std::thread::spawn(move || {
+            // The raw syscall changes this thread's credentials only (glibc's setresuid
+            // would change every thread of the test process).
+            // SAFETY: plain syscall with constant arguments.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(rc, 0, "setresuid");
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(b"{}\n");
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            buf
+        })
+        .join()
+        .unwrap();
+        assert!(got.is_empty(), "a non-root peer got an answer: {got:?}");
+    }
+    // Root still gets answers.
+    assert!(matches!(env.call(CniOp::Status), CniResponse::Ok(None)));
+    assert!(env.status().ready);
+}

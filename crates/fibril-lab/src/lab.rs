@@ -97,7 +97,7 @@ fn require_root() -> anyhow::Result<()> {
 }
 
 /// Check for what the chosen CNI needs, naming the package that provides it.
-fn check_prerequisites(spec: &LabSpec) -> anyhow::Result<()> {
+fn check_prerequisites(spec: &LabSpec, fibril_exe: &Path) -> anyhow::Result<()> {
     match spec.cni {
         CniMode::Bridge => {
             for plugin in ["bridge", "host-local", "loopback"] {
@@ -110,9 +110,15 @@ fn check_prerequisites(spec: &LabSpec) -> anyhow::Result<()> {
                 }
             }
         }
-        CniMode::Fibril => bail!(
-            "--cni fibril is not available yet: fibril's own CNI plugin and agent are not built; use --cni bridge"
-        ),
+        CniMode::Fibril => {
+            let plugin = crate::fibril_cni::fibril_cni_exe(fibril_exe);
+            if !plugin.is_file() {
+                bail!(
+                    "--cni fibril needs the fibril-cni plugin next to the fibril binary ({} is missing); build it with `cargo build -p fibril-cni`",
+                    plugin.display()
+                );
+            }
+        }
     }
     if which("ip").is_none() {
         bail!("the lab needs `ip` from iproute2 to run pod processes; install iproute2");
@@ -173,7 +179,7 @@ pub async fn up(
             "namespaces of lab {name:?} exist but it has no state; run `fibril lab down --name {name}` to remove the leftovers first"
         );
     }
-    check_prerequisites(&spec)?;
+    check_prerequisites(&spec, &fibril_exe)?;
 
     std::fs::create_dir_all(layout.state_dir())
         .with_context(|| format!("creating {}", layout.state_dir().display()))?;
@@ -192,6 +198,10 @@ pub async fn up(
         let mut p = |s: &str| progress(&format!("  {s}"));
         topology::create(&layout, &mut p).context("building the lab network")?;
         fibril_bpf::ensure_bpffs().context("mounting bpffs")?;
+        if spec.cni == CniMode::Fibril {
+            progress("installing fibril-cni and the node agents' configs");
+            crate::fibril_cni::install(&layout, &fibril_exe)?;
+        }
         progress("starting the supervisor (API server, controllers, kubelets, node agents)");
         spawn_supervisor(&layout, &fibril_exe)?;
         wait_ready(&layout, timeout, progress).await

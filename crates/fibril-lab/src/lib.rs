@@ -6,6 +6,7 @@
 
 pub mod cni;
 pub mod controllers;
+pub mod fibril_cni;
 pub mod kubelet;
 pub mod lab;
 pub mod node_agent;

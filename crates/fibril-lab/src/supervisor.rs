@@ -27,6 +27,8 @@ pub enum ComponentKind {
     Kubelet,
     /// The per-node network agent: the lab's bridge agent for `--cni bridge`.
     BridgeAgent,
+    /// fibril's own node agent, for `--cni fibril`.
+    FibrilAgent,
 }
 
 impl ComponentKind {
@@ -36,6 +38,7 @@ impl ComponentKind {
             ComponentKind::Controllers => "controllers",
             ComponentKind::Kubelet => "kubelet",
             ComponentKind::BridgeAgent => "bridge-agent",
+            ComponentKind::FibrilAgent => "fibril-agent",
         }
     }
 }
@@ -118,9 +121,12 @@ pub fn component_specs(layout: &LabLayout) -> Vec<ComponentSpec> {
                 node: Some(node.clone()),
                 netns: node,
             }),
-            // fibril's own agent arrives with the pod-networking work; `lab up` refuses
-            // `--cni fibril` until then, so this arm is never reached.
-            CniMode::Fibril => {}
+            CniMode::Fibril => v.push(ComponentSpec {
+                id: format!("fibril-agent/{node}"),
+                kind: ComponentKind::FibrilAgent,
+                node: Some(node.clone()),
+                netns: node,
+            }),
         }
     }
     v
@@ -375,7 +381,9 @@ mod tests {
                     assert_eq!(s.netns, "fibril-cp");
                     assert_eq!(s.node, None);
                 }
-                ComponentKind::Kubelet | ComponentKind::BridgeAgent => {
+                ComponentKind::Kubelet
+                | ComponentKind::BridgeAgent
+                | ComponentKind::FibrilAgent => {
                     assert_eq!(Some(&s.netns), s.node.as_ref());
                 }
             }
@@ -384,5 +392,35 @@ mod tests {
         let logs: std::collections::BTreeSet<_> =
             specs.iter().map(|s| log_path(&layout, s)).collect();
         assert_eq!(logs.len(), specs.len());
+    }
+
+    #[test]
+    fn fibril_cni_runs_the_fibril_agent_on_every_node() {
+        let layout = LabSpec {
+            nodes: 2,
+            cni: CniMode::Fibril,
+            ..LabSpec::default()
+        }
+        .layout();
+        let agents: Vec<_> = component_specs(&layout)
+            .into_iter()
+            .filter(|s| s.kind != ComponentKind::Kubelet && s.node.is_some())
+            .map(|s| (s.id, s.kind, s.netns))
+            .collect();
+        assert_eq!(
+            agents,
+            [
+                (
+                    "fibril-agent/fibril-node-1".to_string(),
+                    ComponentKind::FibrilAgent,
+                    "fibril-node-1".to_string()
+                ),
+                (
+                    "fibril-agent/fibril-node-2".to_string(),
+                    ComponentKind::FibrilAgent,
+                    "fibril-node-2".to_string()
+                ),
+            ]
+        );
     }
 }

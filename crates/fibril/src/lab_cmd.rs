@@ -453,5 +453,15 @@ pub async fn component(
             let client = fibril_apiserver::client_for_url(&layout.api_url())?;
             fibril_lab::node_agent::run(client, layout, node_name).await
         }
+        ComponentArg::FibrilAgent => {
+            let (node_name, _) = node_of(node)?;
+            let path = fibril_lab::fibril_cni::agent_config_path(&layout, &node_name);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the agent config {}", path.display()))?;
+            let config = fibril_core::agent_config::AgentConfig::from_yaml(&text)
+                .and_then(|c| c.validate())
+                .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+            fibril_agent::run(config).await
+        }
     }
 }

@@ -4,6 +4,7 @@ mod bpf_cmd;
 mod doctor_cmd;
 mod lab_cmd;
 mod output;
+mod status_cmd;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,20 @@ enum Command {
     /// Check a fibril or Cilium cluster's exported state (or a live lab) for the
     /// misconfigurations behind known incidents.
     Doctor(doctor_cmd::DoctorArgs),
+    /// What the fibril agent of each node reports: routing, host routing, IPAM, endpoints,
+    /// programs, API connectivity, node reachability. Exits non-zero if one is not ready.
+    Status {
+        #[command(flatten)]
+        lab: LabSel,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Read this status socket instead of a lab's (an agent outside a lab).
+        #[arg(long, conflicts_with = "node")]
+        socket: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -151,6 +166,7 @@ enum ComponentArg {
     Controllers,
     Kubelet,
     BridgeAgent,
+    FibrilAgent,
 }
 
 #[derive(Subcommand)]
@@ -312,6 +328,21 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
         },
         // `--lab` reads namespaces through blocking netlink calls.
         Command::Doctor(args) => tokio::task::spawn_blocking(move || doctor_cmd::run(args)).await?,
+        Command::Status {
+            lab,
+            node,
+            socket,
+            output,
+        } => {
+            let target = match socket {
+                Some(p) => status_cmd::Target::Socket(p),
+                None => status_cmd::Target::Lab {
+                    name: lab.name,
+                    node,
+                },
+            };
+            tokio::task::spawn_blocking(move || status_cmd::run(target, output)).await?
+        }
         Command::Bpf(BpfCommand::Counters { lab, node, output }) => {
             bpf_cmd::counters(&lab.name, node.as_deref(), output)
                 .await

@@ -1,0 +1,494 @@
+//! End-to-end: a real 3-node lab on fibril's own CNI (`--cni fibril`), driven through the
+//! `fibril` CLI: the full pod-to-pod matrix over TCP, UDP and ICMP in native and tunnel
+//! mode, the BPF programs attached and their counters moving, and an agent SIGKILLed
+//! under load with zero failed requests.
+//!
+//! Privileged (root, netns, BPF): `#[ignore]`d for plain `cargo test`; CI runs them with
+//! `--include-ignored`. Each lab has a unique `fibt…` name and is removed on drop.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const FIBRIL: &str = env!("CARGO_BIN_EXE_fibril");
+
+fn unique_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut v = (nanos ^ u128::from(std::process::id()) << 20) % 36u128.pow(6);
+    let mut s = String::from("fibt");
+    for _ in 0..6 {
+        s.push(std::char::from_digit((v % 36) as u32, 36).unwrap());
+        v /= 36;
+    }
+    s
+}
+
+/// `fibril-cni` must sit next to `fibril` (as `lab up --cni fibril` requires): built here
+/// when the test run did not build it.
+fn ensure_fibril_cni() {
+    let plugin = Path::new(FIBRIL).with_file_name("fibril-cni");
+    if !plugin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "fibril-cni"])
+            .status()
+            .expect("running cargo build -p fibril-cni");
+        assert!(st.success(), "cargo build -p fibril-cni failed");
+    }
+    assert!(plugin.exists(), "no fibril-cni at {}", plugin.display());
+}
+
+/// A lab owned by one test: `lab down` on Drop, also when the test panics.
+struct Lab {
+    name: String,
+    state_root: PathBuf,
+}
+
+impl Lab {
+    fn up(routing: &str) -> Lab {
+        ensure_fibril_cni();
+        let name = unique_name();
+        let state_root = std::env::temp_dir().join(format!("fibril-e2e-{name}"));
+        std::fs::create_dir_all(&state_root).unwrap();
+        let lab = Lab { name, state_root };
+        let out = lab.ok(&[
+            "lab",
+            "up",
+            "--nodes",
+            "3",
+            "--cni",
+            "fibril",
+            "--routing",
+            routing,
+        ]);
+        for i in 1..=3 {
+            assert!(
+                out.contains(&format!("node {} Ready", lab.node(i))),
+                "{out}"
+            );
+        }
+        lab
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(FIBRIL)
+            .args(args)
+            .env("FIBRIL_STATE_ROOT", &self.state_root)
+            .env("FIBRIL_LAB", &self.name)
+            .output()
+            .expect("running fibril")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "fibril {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: bad JSON {e}: {text}"))
+    }
+
+    fn node(&self, i: u8) -> String {
+        format!("{}-node-{i}", self.name)
+    }
+
+    fn exec_ok(&self, pod: &str, cmd: &[&str]) -> Result<String, String> {
+        let mut args = vec!["lab", "exec", "-n", "demo", pod, "--"];
+        args.extend_from_slice(cmd);
+        let out = self.run(&args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Deploys `replicas` echo pods and returns them once all are Ready.
+    fn echo_pods(&self, replicas: usize) -> Vec<Value> {
+        let m = self.state_root.join("app.yaml");
+        std::fs::write(&m, manifest(replicas)).unwrap();
+        self.ok(&["lab", "apply", "-f", m.to_str().unwrap()]);
+        wait_for("Ready echo pods", Duration::from_secs(90), || {
+            let v = self.json(&["lab", "get", "pods", "-n", "demo", "-o", "json"]);
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            (items.len() == replicas && items.iter().all(ready)).then_some(items)
+        })
+    }
+
+    fn status(&self, node: &str) -> Value {
+        self.json(&["status", "--node", node, "-o", "json"])
+    }
+
+    /// Packets counted by the pod programs of every node (from and to pods).
+    fn counted_packets(&self) -> u64 {
+        let v = self.json(&["bpf", "counters", "-o", "json"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+            .map(|e| e["fromPodPackets"].as_u64().unwrap() + e["toPodPackets"].as_u64().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["lab", "down"]);
+        let _ = std::fs::remove_dir_all(&self.state_root);
+    }
+}
+
+fn manifest(replicas: usize) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo
+  namespace: demo
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: echo}}
+  template:
+    metadata:
+      labels: {{app: echo}}
+    spec:
+      containers:
+        - name: echo
+          image: fibril/echo
+          ports:
+            - {{name: http, containerPort: 8080, protocol: TCP}}
+            - {{name: udp-echo, containerPort: 9090, protocol: UDP}}
+"#
+    )
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+fn name_of(p: &Value) -> &str {
+    p["metadata"]["name"].as_str().unwrap()
+}
+
+fn ip_of(p: &Value) -> &str {
+    p["status"]["podIP"].as_str().unwrap()
+}
+
+fn node_of(p: &Value) -> &str {
+    p["spec"]["nodeName"].as_str().unwrap()
+}
+
+/// Every agent: ready, BPF host routing, the routing mode asked for, programs on the uplink
+/// (and the tunnel device) and on every endpoint's veth.
+fn check_agents(lab: &Lab, routing: &str, pods: &[Value]) {
+    for i in 1..=3 {
+        let node = lab.node(i);
+        let st = lab.status(&node);
+        assert_eq!(st["ready"], true, "{st}");
+        assert_eq!(st["routingMode"], routing, "{st}");
+        assert_eq!(st["hostRouting"]["mode"], "BPF", "{st}");
+        assert!(st.get("degraded").is_none(), "{st}");
+        assert_eq!(st["api"]["connected"], true, "{st}");
+        let programs = st["programs"].as_array().unwrap();
+        let hooks_of = |ifname: &str| -> Vec<String> {
+            programs
+                .iter()
+                .find(|p| p["ifname"] == ifname)
+                .map(|p| {
+                    p["hooks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|h| h.as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert!(
+            hooks_of("eth0").iter().any(|h| h.contains("from-netdev")),
+            "{st}"
+        );
+        if routing == "tunnel" {
+            assert!(
+                hooks_of("fibril_vxlan")
+                    .iter()
+                    .any(|h| h.contains("from-tunnel")),
+                "{st}"
+            );
+        }
+        let here: Vec<&Value> = pods.iter().filter(|p| node_of(p) == node).collect();
+        let endpoints = st["endpoints"].as_array().unwrap();
+        assert_eq!(endpoints.len(), here.len(), "{st}");
+        for e in endpoints {
+            let veth = e["hostVeth"].as_str().unwrap();
+            let hooks = hooks_of(veth);
+            assert!(
+                hooks.iter().any(|h| h.contains("from-pod"))
+                    && hooks.iter().any(|h| h.contains("to-pod")),
+                "{veth}: {st}"
+            );
+            assert!(
+                here.iter().any(|p| ip_of(p) == e["ip"].as_str().unwrap()),
+                "{e} is one of this node's pods"
+            );
+        }
+        let peers = st["nodes"].as_array().unwrap();
+        assert_eq!(peers.len(), 2, "{st}");
+        for p in peers {
+            assert_eq!(p["programmed"], true, "{st}");
+        }
+    }
+}
+
+/// Every pod reaches every other pod over TCP, UDP and ICMP.
+fn check_matrix(lab: &Lab, pods: &[Value]) {
+    let mut failures = Vec::new();
+    let (mut same, mut cross) = (0, 0);
+    for src in pods {
+        for dst in pods {
+            if name_of(src) == name_of(dst) {
+                continue;
+            }
+            if node_of(src) == node_of(dst) {
+                same += 1;
+            } else {
+                cross += 1;
+            }
+            let (s, ip, want) = (name_of(src), ip_of(dst), name_of(dst));
+            let what = format!("{s} ({}) -> {want} ({})", node_of(src), node_of(dst));
+            let url = format!("http://{ip}:8080/hostname");
+            match lab.exec_ok(s, &["curl", "-s", "--max-time", "5", &url]) {
+                Ok(b) if b.trim() == want => {}
+                other => failures.push(format!("TCP {what}: {other:?}")),
+            }
+            let udp = format!("printf hostname | nc -u -w2 {ip} 9090");
+            match lab.exec_ok(s, &["sh", "-c", &udp]) {
+                Ok(b) if b.trim() == want => {}
+                other => failures.push(format!("UDP {what}: {other:?}")),
+            }
+            if let Err(e) = lab.exec_ok(s, &["ping", "-c1", "-W2", ip]) {
+                failures.push(format!("ICMP {what}: {e}"));
+            }
+        }
+    }
+    assert!(same > 0 && cross > 0, "both same-node and cross-node pairs");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn pod_matrix(routing: &str) {
+    let lab = Lab::up(routing);
+    // The supervisor runs fibril's agent (not the bridge agent) on every node.
+    let status = lab.json(&["lab", "status", "-o", "json"]);
+    for i in 1..=3 {
+        let id = format!("fibril-agent/{}", lab.node(i));
+        let c = status["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no component {id}: {status}"));
+        assert_eq!(c["state"], "running", "{c}");
+    }
+    let pods = lab.echo_pods(6);
+    for p in &pods {
+        let ip: Ipv4Addr = ip_of(p).parse().unwrap();
+        assert!(
+            "10.244.0.0/16"
+                .parse::<ipnet::Ipv4Net>()
+                .unwrap()
+                .contains(&ip),
+            "{ip} is from fibril's IPAM"
+        );
+    }
+    check_agents(&lab, routing, &pods);
+    let before = lab.counted_packets();
+    check_matrix(&lab, &pods);
+    let after = lab.counted_packets();
+    // 30 pairs × (TCP handshake + request + UDP + ICMP), each counted leaving one pod and
+    // entering another.
+    assert!(
+        after >= before + 30 * 8,
+        "the BPF counters saw the traffic: {before} -> {after}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and BPF"]
+fn native_routing_pod_matrix_through_bpf() {
+    pod_matrix("native");
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and BPF"]
+fn tunnel_routing_pod_matrix_through_bpf() {
+    pod_matrix("tunnel");
+}
+
+/// One HTTP request on a new connection from inside `netns`.
+fn request(ns: &fibril_netlink::NetNs, ip: Ipv4Addr, want: &str) -> Result<(), String> {
+    ns.run(|| -> Result<(), String> {
+        let mut s = TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        s.write_all(b"GET /hostname HTTP/1.0\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)
+            .map_err(|e| format!("read: {e}"))?;
+        if body.trim_end().ends_with(want) {
+            Ok(())
+        } else {
+            Err(format!("unexpected answer {body:?}"))
+        }
+    })
+    .map_err(|e| e.to_string())?
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and BPF"]
+fn agent_sigkill_and_restart_loses_no_request() {
+    let lab = Lab::up("native");
+    let pods = lab.echo_pods(3);
+    let client = pods.iter().find(|p| node_of(p) == lab.node(1)).unwrap();
+    let server = pods.iter().find(|p| node_of(p) == lab.node(2)).unwrap();
+    let layout = fibril_core::lab::LabSpec {
+        name: lab.name.parse().unwrap(),
+        ..fibril_core::lab::LabSpec::default()
+    }
+    .layout();
+    let client_ns =
+        fibril_netlink::NetNs::open(&layout.pod_netns(client["metadata"]["uid"].as_str().unwrap()))
+            .unwrap();
+    let server_ip: Ipv4Addr = ip_of(server).parse().unwrap();
+    let want = name_of(server).to_string();
+
+    // One established connection held across the restart, too: the echo workload treats
+    // a connection whose first bytes are not HTTP as raw TCP echo.
+    let mut held = client_ns
+        .run(|| TcpStream::connect_timeout(&(server_ip, 8080).into(), Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let echo = |s: &mut TcpStream, msg: &[u8]| {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    };
+    echo(&mut held, b"held-before");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, ns, want) = (stop.clone(), client_ns.clone(), want.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match request(&ns, server_ip, &want) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed, start.elapsed())
+        })
+    };
+
+    std::thread::sleep(Duration::from_secs(2));
+    let id = format!("fibril-agent/{}", lab.node(1));
+    let pid_of = || -> Option<(i64, String)> {
+        let status = lab.json(&["lab", "status", "-o", "json"]);
+        let c = status["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == id.as_str())?
+            .clone();
+        Some((c["pid"].as_i64()?, c["state"].as_str()?.to_string()))
+    };
+    let (pid, _) = pid_of().unwrap();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    std::thread::sleep(Duration::from_secs(2));
+    wait_for(
+        "the agent restarted and ready",
+        Duration::from_secs(60),
+        || {
+            let (p, state) = pid_of()?;
+            let st = lab.run(&["status", "--node", &lab.node(1), "-o", "json"]);
+            let st: Value = serde_json::from_slice(&st.stdout).ok()?;
+            (p != pid && state == "running" && st["ready"] == true).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, took) = load.join().unwrap();
+    let rate = f64::from(ok) / took.as_secs_f64();
+    eprintln!(
+        "{ok} requests in {took:?} ({rate:.0}/s) across the agent's SIGKILL, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(rate >= 50.0, "{ok} requests in {took:?}: {rate:.0}/s");
+
+    // The held connection still works, and the restarted agent re-adopted its endpoint.
+    echo(&mut held, b"held-after");
+    let st = lab.status(&lab.node(1));
+    assert_eq!(st["hostRouting"]["mode"], "BPF", "{st}");
+    assert_eq!(st["endpoints"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(
+        st["programs"].as_array().unwrap().len(),
+        2,
+        "veth + uplink: {st}"
+    );
+}
