@@ -49,24 +49,11 @@ pub enum Readiness {
 }
 
 fn owner_of(key: &AttachmentKey) -> Result<Owner, AgentError> {
-    let c = key
-        .container_id
-        .as_str()
-        .parse()
-        .map_err(|e| err(code::INVALID_ENV, format!("{e}"), ""))?;
-    let i = key
-        .ifname
-        .as_str()
-        .parse()
-        .map_err(|e| err(code::INVALID_ENV, format!("{e}"), ""))?;
-    Ok(Owner::new(c, i))
+    Ok(Owner::from(key))
 }
 
 fn key_of(owner: &Owner) -> Option<AttachmentKey> {
-    Some(AttachmentKey {
-        container_id: owner.container_id.as_str().parse().ok()?,
-        ifname: owner.ifname.as_str().parse().ok()?,
-    })
+    Some(AttachmentKey::from(owner.clone()))
 }
 
 /// The dataplane, shared by CNI commands and the reconcile loop.

@@ -793,3 +793,29 @@ fn sockets_refuse_non_root_peers() {
     assert!(matches!(env.call(CniOp::Status), CniResponse::Ok(None)));
     assert!(env.status().ready);
 }
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn pod_cidr_overlapping_node_subnet_service_or_reserved_range_is_refused_naming_both() {
+    // (node pod CIDR, native-routing CIDR covering it, the other range the refusal names)
+    let cases: [(&'static str, &'static str, &str); 3] = [
+        // The fabric subnet the node's eth0 sits on (seed 000's "pool overlaps the VPC").
+        ("172.31.250.0/25", "172.31.0.0/16", "172.31.250.0/24"),
+        // The Service range.
+        ("10.96.1.0/24", "10.0.0.0/8", "10.96.0.0/16"),
+        // A declared reserved range (a firewall subnet).
+        ("192.168.77.0/25", "192.168.0.0/16", "192.168.77.0/24"),
+    ];
+    for (pod_cidr, native, other) in cases {
+        let opts = Opts {
+            with_pod_cidr: Some(pod_cidr),
+            native_cidr: native,
+            ..Opts::default()
+        };
+        let mut env = Env::new(&opts);
+        env.start(&opts);
+        let e = env.refusal();
+        assert!(e.contains(pod_cidr) && e.contains(other), "{pod_cidr}: {e}");
+        assert!(!env.conflist().exists());
+    }
+}
