@@ -69,6 +69,7 @@ pub struct Agent {
     dataplane: OnceLock<SharedDataplane>,
     endpoints: EndpointStore,
     locks: Mutex<HashMap<AttachmentKey, Arc<Mutex<()>>>>,
+    pod_mtu: RwLock<Option<u32>>,
 }
 
 impl Agent {
@@ -82,7 +83,21 @@ impl Agent {
             dataplane: OnceLock::new(),
             endpoints,
             locks: Mutex::new(HashMap::new()),
+            pod_mtu: RwLock::new(None),
         }
+    }
+
+    /// Sets the MTU pods get unless their network config names one: the underlay's, less
+    /// the VXLAN overhead in tunnel mode.
+    pub fn set_default_pod_mtu(&self, mtu: Option<u32>) {
+        *self.pod_mtu.write().unwrap_or_else(|p| p.into_inner()) = mtu;
+    }
+
+    /// The network config's `mtu`, else the default.
+    fn pod_mtu(&self, config: Option<&NetworkConfig>) -> Option<u32> {
+        config
+            .and_then(|c| c.mtu)
+            .or(*self.pod_mtu.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn config(&self) -> &ValidConfig {
@@ -264,6 +279,7 @@ impl Agent {
                 key.ifname.as_str(),
                 ip,
                 gateway,
+                self.pod_mtu(config),
             )
             .map_err(|e| internal("setting up the pod interface", e))?;
             let ep = EndpointInfo {

@@ -29,6 +29,8 @@ use crate::status::{
 
 /// The VXLAN device of tunnel mode.
 pub const TUNNEL_DEVICE: &str = "fibril_vxlan";
+/// Bytes VXLAN over IPv4 adds to a pod's packet.
+const VXLAN_OVERHEAD: u32 = 50;
 /// How often routes and status are reconciled.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How often peers are probed.
@@ -352,6 +354,17 @@ async fn main_loop(
                 format!("no interface in the node's netns carries its InternalIP {own_ip}"),
             )
         })?;
+
+    // Pods in tunnel mode leave room for the outer headers (IPv4 20 + UDP 8 + VXLAN 8 +
+    // inner Ethernet 14), so their packets are never fragmented or dropped on the underlay.
+    if matches!(config.routing, Routing::Tunnel { .. }) {
+        let underlay_mtu = blocking(|| agent.netns().link(&uplink))
+            .ok()
+            .flatten()
+            .and_then(|l| l.mtu)
+            .unwrap_or(1500);
+        agent.set_default_pod_mtu(Some(underlay_mtu - VXLAN_OVERHEAD));
+    }
 
     // 4. The dataplane, strict about host routing (seed 001).
     let pin_dir = config.bpf_pin_dir();

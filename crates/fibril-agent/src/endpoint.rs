@@ -143,7 +143,8 @@ pub struct Plumbed {
     pub pod: LinkInfo,
 }
 
-/// Creates (or repairs) the veth pair and addresses the pod. Idempotent.
+/// Creates (or repairs) the veth pair and addresses the pod; `mtu` on both ends when given
+/// (tunnel mode leaves room for the VXLAN header). Idempotent.
 pub fn plumb(
     node: &NetNs,
     pod: &NetNs,
@@ -151,8 +152,13 @@ pub fn plumb(
     ifname: &str,
     ip: Ipv4Addr,
     gateway: Ipv4Addr,
+    mtu: Option<u32>,
 ) -> Result<Plumbed, fibril_netlink::Error> {
     node.ensure_veth(host_veth, ifname, pod)?;
+    if let Some(mtu) = mtu {
+        node.set_mtu(host_veth, mtu)?;
+        pod.set_mtu(ifname, mtu)?;
+    }
     let host = node
         .link(host_veth)?
         .ok_or_else(|| fibril_netlink::Error::LinkNotFound {

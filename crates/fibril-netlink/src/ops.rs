@@ -374,6 +374,25 @@ impl NetNs {
         })
     }
 
+    /// Set a link's MTU.
+    pub fn set_mtu(&self, ifname: &str, mtu: u32) -> Result<()> {
+        let name = ifname.to_string();
+        self.netlink(true, |h, netns| async move {
+            let idx = Self::index_in(&h, &netns, &name, "getting").await?;
+            h.link()
+                .set(idx)
+                .mtu(mtu)
+                .execute()
+                .await
+                .map_err(|e| Error::Link {
+                    op: "setting the MTU of",
+                    netns,
+                    ifname: name.clone(),
+                    source: e.into(),
+                })
+        })
+    }
+
     /// Enslave `ifname` to the bridge `master`.
     pub fn set_master(&self, ifname: &str, master: &str) -> Result<()> {
         let (name, master) = (ifname.to_string(), master.to_string());

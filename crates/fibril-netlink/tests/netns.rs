@@ -448,6 +448,10 @@ fn static_neighbour_and_link_scope_gateway_carry_traffic() {
     let pod = TestNetNs::new("pod");
     node.ensure_veth("fibtn0", "eth0", &pod).unwrap();
     let host_mac = node.link("fibtn0").unwrap().unwrap().mac.unwrap();
+    node.set_mtu("fibtn0", 1450).unwrap();
+    pod.set_mtu("eth0", 1450).unwrap();
+    assert_eq!(node.link("fibtn0").unwrap().unwrap().mtu, Some(1450));
+    assert_eq!(pod.link("eth0").unwrap().unwrap().mtu, Some(1450));
     let gw: Ipv4Addr = "10.99.0.1".parse().unwrap();
     let pod_ip: Ipv4Addr = "10.99.0.5".parse().unwrap();
     pod.ensure_addr("eth0", net("10.99.0.5/32")).unwrap();

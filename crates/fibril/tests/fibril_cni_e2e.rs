@@ -349,6 +349,7 @@ fn pod_matrix(routing: &str) {
     check_agents(&lab, routing, &pods);
     let before = lab.counted_packets();
     check_matrix(&lab, &pods);
+    check_bulk_cross_node(&lab, routing, &pods);
     let after = lab.counted_packets();
     // 30 pairs × (TCP handshake + request + UDP + ICMP), each counted leaving one pod and
     // entering another.
@@ -356,6 +357,50 @@ fn pod_matrix(routing: &str) {
         after >= before + 30 * 8,
         "the BPF counters saw the traffic: {before} -> {after}"
     );
+}
+
+fn pod_ns(lab: &Lab, pod: &Value) -> fibril_netlink::NetNs {
+    let layout = fibril_core::lab::LabSpec {
+        name: lab.name.parse().unwrap(),
+        ..fibril_core::lab::LabSpec::default()
+    }
+    .layout();
+    fibril_netlink::NetNs::open(&layout.pod_netns(pod["metadata"]["uid"].as_str().unwrap()))
+        .unwrap()
+}
+
+/// Full-size segments across nodes: 1 MiB through the echo workload's raw TCP echo, and in
+/// tunnel mode a pod MTU that leaves room for the VXLAN headers.
+fn check_bulk_cross_node(lab: &Lab, routing: &str, pods: &[Value]) {
+    let src = pods.iter().find(|p| node_of(p) == lab.node(1)).unwrap();
+    let dst = pods.iter().find(|p| node_of(p) == lab.node(3)).unwrap();
+    let ns = pod_ns(lab, src);
+    let mtu = ns.link("eth0").unwrap().unwrap().mtu.unwrap();
+    let uplink_mtu = fibril_netlink::NetNs::open(&lab.node(1))
+        .unwrap()
+        .link("eth0")
+        .unwrap()
+        .unwrap()
+        .mtu
+        .unwrap();
+    match routing {
+        "tunnel" => assert_eq!(mtu, uplink_mtu - 50, "pod MTU in tunnel mode"),
+        _ => assert_eq!(mtu, uplink_mtu, "pod MTU in native mode"),
+    }
+    let ip: Ipv4Addr = ip_of(dst).parse().unwrap();
+    let mut s = ns
+        .run(|| TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || w.write_all(&sent));
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).expect("1 MiB echoed across nodes");
+    writer.join().unwrap().unwrap();
+    assert!(back == data, "the echoed bytes differ");
 }
 
 #[test]
@@ -397,14 +442,7 @@ fn agent_sigkill_and_restart_loses_no_request() {
     let pods = lab.echo_pods(3);
     let client = pods.iter().find(|p| node_of(p) == lab.node(1)).unwrap();
     let server = pods.iter().find(|p| node_of(p) == lab.node(2)).unwrap();
-    let layout = fibril_core::lab::LabSpec {
-        name: lab.name.parse().unwrap(),
-        ..fibril_core::lab::LabSpec::default()
-    }
-    .layout();
-    let client_ns =
-        fibril_netlink::NetNs::open(&layout.pod_netns(client["metadata"]["uid"].as_str().unwrap()))
-            .unwrap();
+    let client_ns = pod_ns(&lab, client);
     let server_ip: Ipv4Addr = ip_of(server).parse().unwrap();
     let want = name_of(server).to_string();
 
