@@ -52,6 +52,9 @@ struct Runtime {
     peers: BTreeMap<String, PeerStatus>,
     degraded: Option<String>,
     conflist: Option<std::path::PathBuf>,
+    /// Found while re-adopting endpoints at start.
+    startup_problems: Vec<String>,
+    /// Drift found by the last reconcile.
     problems: Vec<String>,
 }
 
@@ -419,7 +422,7 @@ async fn main_loop(
     {
         let mut st = runtime.lock().unwrap_or_else(|p| p.into_inner());
         st.conflist = Some(path);
-        st.problems = problems;
+        st.startup_problems = problems;
     }
 
     // 6. Keep routes and status current.
@@ -438,6 +441,27 @@ async fn main_loop(
         if probe {
             last_probe = Some(tokio::time::Instant::now());
         }
+        // Drift: things changed under the running agent that it does not silently follow.
+        let mut drift = Vec::new();
+        if let Some(own) = reader
+            .state()
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(node_name.as_str()))
+        {
+            let now = own.spec.as_ref().and_then(|s| s.pod_cidr.clone());
+            if matches!(config.ipam, IpamSource::Kubernetes)
+                && now.as_deref() != Some(block.to_string().as_str())
+            {
+                drift.push(format!(
+                    "node.spec.podCIDR is now {} but the agent allocates from {block}: drain \
+                     the node and restart the agent",
+                    now.as_deref().unwrap_or("(unset)")
+                ));
+            }
+        }
+        if probe {
+            drift.extend(blocking(|| sysctl_drift(agent.netns(), &uplink)));
+        }
         let statuses = blocking(|| reconcile_peers(&agent, &peers, &mut installed, probe));
         let mut st = runtime.lock().unwrap_or_else(|p| p.into_inner());
         for s in statuses {
@@ -452,7 +476,41 @@ async fn main_loop(
             st.peers.insert(s.name.clone(), s);
         }
         st.peers.retain(|n, _| peers.iter().any(|p| &p.name == n));
+        if probe || !drift.is_empty() {
+            for d in drift.iter().filter(|d| !st.problems.contains(d)) {
+                tracing::warn!(problem = %d, "drift");
+            }
+            st.problems = drift;
+        }
     }
+}
+
+/// Reverse-path filtering that would drop pods' asymmetric replies (seed 002): the kernel
+/// applies the larger of `all` and the device's value, so strict mode on `all` overrides
+/// the agent's per-veth setting.
+fn sysctl_drift(ns: &NetNs, uplink: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in [
+        "net.ipv4.conf.all.rp_filter".to_string(),
+        format!("net/ipv4/conf/{uplink}/rp_filter"),
+    ] {
+        if let Ok(v) = ns.sysctl(&key) {
+            if v.trim() == "1" {
+                out.push(format!(
+                    "{key} = 1 (strict reverse-path filtering): asymmetric replies to pods are \
+                     dropped (seed 002); set it to 0 or 2"
+                ));
+            }
+        }
+    }
+    if let Ok(v) = ns.sysctl("net.ipv4.ip_forward") {
+        if v.trim() != "1" {
+            out.push(
+                "net.ipv4.ip_forward was turned off: pods lose every route off the node".into(),
+            );
+        }
+    }
+    out
 }
 
 fn block_v4(block: &fibril_core::ipam::PodCidr) -> anyhow::Result<Ipv4Net> {
@@ -698,7 +756,8 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
             pod: r.pod.map(|p| format!("{}/{}", p.namespace, p.name)),
         })
         .collect();
-    let mut problems = rt.problems.clone();
+    let mut problems = rt.startup_problems.clone();
+    problems.extend(rt.problems.iter().cloned());
     if ipam.exhausted {
         problems.push(format!(
             "pod CIDR {} is exhausted: new pods on this node get no address",

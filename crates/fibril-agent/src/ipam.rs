@@ -245,7 +245,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
         /// Random allocate / release / crash (reopen from disk) sequences: no address is ever
         /// held by two owners, and every address handed out survives a crash.
         #[test]

@@ -819,3 +819,36 @@ fn pod_cidr_overlapping_node_subnet_service_or_reserved_range_is_refused_naming_
         assert!(!env.conflist().exists());
     }
 }
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn drift_under_the_running_agent_shows_in_status() {
+    let opts = Opts::default();
+    let mut env = Env::new(&opts);
+    env.start(&opts);
+    env.wait_ready();
+    // Seed 002: another daemon turns on strict reverse-path filtering.
+    env.node
+        .set_sysctl("net.ipv4.conf.all.rp_filter", "1")
+        .unwrap();
+    // And the node's pod range changes under live allocations.
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    env.rt
+        .block_on(nodes.patch(
+            env.node.name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"podCIDR": "10.250.9.0/24"}})),
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = env.status();
+        let all = st.problems.join("\n");
+        if all.contains("rp_filter") && all.contains("10.250.9.0/24") {
+            assert!(st.render().contains("Problem:"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no drift reported: {all}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
