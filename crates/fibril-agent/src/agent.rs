@@ -363,13 +363,22 @@ impl Agent {
         if let Err(e) = endpoint::unplumb(&self.netns, host_veth) {
             problems.push(format!("veth {host_veth}: {e}"));
         }
-        if let Some(ipam) = self.ipam.get() {
-            if let Err(e) = ipam.release(owner) {
-                problems.push(format!("IPAM: {e}"));
+        // Before IPAM is loaded (a DEL while the agent starts) the address cannot be released
+        // yet: the record stays, and the start-up reconcile releases it, its veth being gone.
+        let released = match self.ipam.get() {
+            Some(ipam) => match ipam.release(owner) {
+                Ok(_) => true,
+                Err(e) => {
+                    problems.push(format!("IPAM: {e}"));
+                    false
+                }
+            },
+            None => false,
+        };
+        if released {
+            if let Err(e) = self.endpoints.remove(key) {
+                problems.push(format!("endpoint record: {e}"));
             }
-        }
-        if let Err(e) = self.endpoints.remove(key) {
-            problems.push(format!("endpoint record: {e}"));
         }
         if problems.is_empty() {
             Ok(())

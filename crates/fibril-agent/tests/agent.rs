@@ -852,3 +852,56 @@ fn drift_under_the_running_agent_shows_in_status() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn del_while_the_agent_starts_is_settled_once_ready() {
+    let opts = Opts::default();
+    let mut env = Env::new(&opts);
+    env.start(&opts);
+    env.wait_ready();
+    let p1 = env.pod("a");
+    let r1 = ok_result(env.add("c1", &p1));
+    env.agent.take().unwrap().stop().unwrap();
+
+    // The agent comes back to a node without its pod CIDR: it waits, not ready.
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    env.rt
+        .block_on(nodes.patch(
+            env.node.name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"podCIDR": null, "podCIDRs": null}})),
+        ))
+        .unwrap();
+    env.start(&opts);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(s) = read_status(&env.status_socket()) {
+            if s.not_ready_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("podCIDR"))
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent should wait for its podCIDR"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // DEL meanwhile succeeds and removes the pod's interface...
+    assert!(matches!(env.del("c1", Some(&p1)), CniResponse::Ok(None)));
+    assert!(env.node.link(&r1.interfaces[0].name).unwrap().is_none());
+    // ... and the address is released once the agent is ready.
+    env.rt
+        .block_on(nodes.patch(
+            env.node.name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"podCIDR": NODE_CIDR, "podCIDRs": [NODE_CIDR]}})),
+        ))
+        .unwrap();
+    let st = env.wait_ready();
+    assert_eq!(st.ipam.used, 0, "{st:?}");
+    assert!(st.endpoints.is_empty(), "{st:?}");
+}
