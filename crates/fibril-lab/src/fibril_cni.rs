@@ -75,8 +75,12 @@ pub fn install(layout: &LabLayout, fibril_exe: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
         let dst = bin.join(FIBRIL_CNI_BIN);
         let tmp = bin.join(format!(".{FIBRIL_CNI_BIN}.tmp"));
-        std::fs::copy(&plugin, &tmp)
-            .with_context(|| format!("copying {} to {}", plugin.display(), tmp.display()))?;
+        let _ = std::fs::remove_file(&tmp);
+        // A hard link where possible: a debug build of the plugin is tens of MB per node.
+        if std::fs::hard_link(&plugin, &tmp).is_err() {
+            std::fs::copy(&plugin, &tmp)
+                .with_context(|| format!("copying {} to {}", plugin.display(), tmp.display()))?;
+        }
         std::fs::rename(&tmp, &dst).with_context(|| format!("installing {}", dst.display()))?;
     }
     Ok(())
