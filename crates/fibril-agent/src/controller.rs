@@ -731,18 +731,24 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
         ipam.total = s.total;
         ipam.exhausted = s.free == 0;
     }
-    let (dataplane, host_routing, programs, pin_dir) = match agent.dataplane() {
+    let mut problems = rt.startup_problems.clone();
+    let (dataplane, host_routing, programs, pin_dir, drops) = match agent.dataplane() {
         Some(dp) => (
             dp.name().to_string(),
             serde_json::to_value(dp.host_routing()).unwrap_or_default(),
             dp.programs(),
             Some(dp.pin_dir().to_path_buf()),
+            dp.drops().unwrap_or_else(|e| {
+                problems.push(format!("drop counters: {e}"));
+                Vec::new()
+            }),
         ),
         None => (
             "(not loaded)".into(),
             serde_json::json!({"mode": "none", "cause": "the dataplane is not loaded yet"}),
             Vec::new(),
             None,
+            Vec::new(),
         ),
     };
     let endpoints = agent
@@ -756,7 +762,6 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
             pod: r.pod.map(|p| format!("{}/{}", p.namespace, p.name)),
         })
         .collect();
-    let mut problems = rt.startup_problems.clone();
     problems.extend(rt.problems.iter().cloned());
     if ipam.exhausted {
         problems.push(format!(
@@ -778,6 +783,7 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
         ipam,
         endpoints,
         programs,
+        drops,
         api: rt.api.clone(),
         nodes: rt.peers.values().cloned().collect(),
         conflist: rt.conflist.clone(),

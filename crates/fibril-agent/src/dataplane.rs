@@ -103,6 +103,21 @@ pub trait Dataplane: Send {
     fn prune_gone(&mut self, netns: &NetNs) -> Result<(), DataplaneError>;
     /// Where the maps are pinned.
     fn pin_dir(&self) -> &Path;
+    /// Packets the datapath dropped, by reason (none for a dataplane that does not drop).
+    fn drops(&self) -> Result<Vec<DropStatus>, DataplaneError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Drops of one reason since the maps were created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropStatus {
+    /// The stable name (`no_endpoint`, `fib_unreachable`, …).
+    pub reason: String,
+    pub description: String,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Counters on pod veths, forwarding by the kernel: legacy host routing.
@@ -366,5 +381,24 @@ impl Dataplane for BpfDataplane {
 
     fn pin_dir(&self) -> &Path {
         self.dp.pin_dir()
+    }
+
+    fn drops(&self) -> Result<Vec<DropStatus>, DataplaneError> {
+        let counts = self.dp.drop_counters().map_err(|e| {
+            bpf_err(
+                "reading the drop counters in",
+                self.dp.pin_dir().display().to_string(),
+            )(Box::new(e))
+        })?;
+        Ok(counts
+            .into_iter()
+            .filter(|c| c.packets > 0)
+            .map(|c| DropStatus {
+                reason: c.reason.as_str().to_string(),
+                description: c.reason.description().to_string(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect())
     }
 }

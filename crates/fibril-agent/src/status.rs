@@ -42,6 +42,9 @@ pub struct AgentStatus {
     pub ipam: IpamStatus,
     pub endpoints: Vec<EndpointStatus>,
     pub programs: Vec<crate::dataplane::AttachedProgram>,
+    /// Packets the datapath dropped, by reason (reasons with none are left out).
+    #[serde(default)]
+    pub drops: Vec<crate::dataplane::DropStatus>,
     pub api: ApiStatus,
     pub nodes: Vec<PeerStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +231,14 @@ impl AgentStatus {
         ));
         for p in &self.programs {
             out.push_str(&format!("  {:<15} {}\n", p.ifname, p.hooks.join(", ")));
+        }
+        let dropped: u64 = self.drops.iter().map(|d| d.packets).sum();
+        out.push_str(&format!("{:<16}{dropped} packets\n", "Drops:"));
+        for d in &self.drops {
+            out.push_str(&format!(
+                "  {:<24} {:>10} packets  {}\n",
+                d.reason, d.packets, d.description
+            ));
         }
         let api = if self.api.connected {
             format!("ok ({})", self.api.server)

@@ -577,6 +577,18 @@ fn cni_lifecycle_readiness_traffic_check_del_gc() {
     assert!(tcp_ok(&p1, &env.node, NODE_IP.parse().unwrap()));
     assert!(tcp_ok(&env.node, &p1, ip1));
 
+    // An address of this node's range that no pod holds: the datapath drops, and says why.
+    let _ = p1.run(|| {
+        TcpStream::connect_timeout(
+            &("10.250.1.200".parse::<Ipv4Addr>().unwrap(), 80).into(),
+            Duration::from_millis(300),
+        )
+    });
+    let st = env.status();
+    let d = st.drops.iter().find(|d| d.reason == "no_endpoint");
+    assert!(d.is_some_and(|d| d.packets >= 1), "{:?}", st.drops);
+    assert!(st.render().contains("no_endpoint"));
+
     // Status: endpoints, programs, the peer's route and reachability.
     let deadline = Instant::now() + WAIT;
     let st = loop {
