@@ -10,6 +10,7 @@ PACKAGES=(
   iproute2 iputils-ping                  # ip netns exec for pod processes; ping in tests
   containernetworking-plugins            # the reference CNI plugins: the lab's --cni bridge baseline
   curl netcat-openbsd dnsutils jq        # tools the demo and tests run inside pods
+  podman runc busybox-static             # the podman CNI-client test (with containernetworking-plugins above)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

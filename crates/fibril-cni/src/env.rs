@@ -180,14 +180,9 @@ pub fn parse_cni_args(args: &str) -> Result<Option<PodIdentity>, Vec<ArgsProblem
             });
             None
         }
-        (None, Some(_)) => {
-            problems.push(ArgsProblem::IncompletePod {
-                present: "K8S_POD_NAME",
-                missing: "K8S_POD_NAMESPACE",
-            });
-            None
-        }
-        (None, None) => None,
+        // podman's CNI backend sends only `K8S_POD_NAME=<container name>` (containers/podman
+        // #12083): not a Kubernetes pod, so no pod identity, as libcni's plugins read it.
+        (None, Some(_)) | (None, None) => None,
     };
     if problems.is_empty() {
         Ok(pod)
@@ -394,11 +389,12 @@ mod tests {
                     value: "maybe".into()
                 },
                 ArgsProblem::UnknownKey { key: "FOO".into() },
-                ArgsProblem::IncompletePod {
-                    present: "K8S_POD_NAME",
-                    missing: "K8S_POD_NAMESPACE"
-                },
             ]
+        );
+        // What podman sends: a name without a namespace is a container, not a pod.
+        assert_eq!(
+            parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=web").unwrap(),
+            None
         );
         assert!(matches!(
             parse_cni_args("IgnoreUnknown=0;FOO=1").unwrap_err()[..],
