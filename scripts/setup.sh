@@ -26,7 +26,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt-get install -y -qq "${missing[@]}"
 fi
 
 # The Rust toolchain (>= 1.89, see Cargo.toml) comes from rustup.
