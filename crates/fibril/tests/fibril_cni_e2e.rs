@@ -8,102 +8,19 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const FIBRIL: &str = env!("CARGO_BIN_EXE_fibril");
+mod common;
 
-fn unique_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let mut v = (nanos ^ u128::from(std::process::id()) << 20) % 36u128.pow(6);
-    let mut s = String::from("fibt");
-    for _ in 0..6 {
-        s.push(std::char::from_digit((v % 36) as u32, 36).unwrap());
-        v /= 36;
-    }
-    s
-}
-
-/// `fibril-cni` must sit next to `fibril` (as `lab up --cni fibril` requires): built here
-/// when the test run did not build it.
-fn ensure_fibril_cni() {
-    let plugin = Path::new(FIBRIL).with_file_name("fibril-cni");
-    if !plugin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "fibril-cni"])
-            .status()
-            .expect("running cargo build -p fibril-cni");
-        assert!(st.success(), "cargo build -p fibril-cni failed");
-    }
-    assert!(plugin.exists(), "no fibril-cni at {}", plugin.display());
-}
-
-/// A lab owned by one test: `lab down` on Drop, also when the test panics.
-struct Lab {
-    name: String,
-    state_root: PathBuf,
-}
+use common::{ensure_fibril_cni, ready, wait_for, Lab};
 
 impl Lab {
-    fn up(routing: &str) -> Lab {
+    fn up_fibril(routing: &str) -> Lab {
         ensure_fibril_cni();
-        let name = unique_name();
-        let state_root = std::env::temp_dir().join(format!("fibril-e2e-{name}"));
-        std::fs::create_dir_all(&state_root).unwrap();
-        let lab = Lab { name, state_root };
-        let out = lab.ok(&[
-            "lab",
-            "up",
-            "--nodes",
-            "3",
-            "--cni",
-            "fibril",
-            "--routing",
-            routing,
-        ]);
-        for i in 1..=3 {
-            assert!(
-                out.contains(&format!("node {} Ready", lab.node(i))),
-                "{out}"
-            );
-        }
-        lab
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(FIBRIL)
-            .args(args)
-            .env("FIBRIL_STATE_ROOT", &self.state_root)
-            .env("FIBRIL_LAB", &self.name)
-            .output()
-            .expect("running fibril")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "fibril {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let text = self.ok(args);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: bad JSON {e}: {text}"))
-    }
-
-    fn node(&self, i: u8) -> String {
-        format!("{}-node-{i}", self.name)
+        Lab::up(3, &["--cni", "fibril", "--routing", routing])
     }
 
     fn exec_ok(&self, pod: &str, cmd: &[&str]) -> Result<String, String> {
@@ -133,10 +50,6 @@ impl Lab {
         })
     }
 
-    fn status(&self, node: &str) -> Value {
-        self.json(&["status", "--node", node, "-o", "json"])
-    }
-
     /// Packets counted by the pod programs of every node (from and to pods).
     fn counted_packets(&self) -> u64 {
         let v = self.json(&["bpf", "counters", "-o", "json"]);
@@ -146,13 +59,6 @@ impl Lab {
             .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
             .map(|e| e["fromPodPackets"].as_u64().unwrap() + e["toPodPackets"].as_u64().unwrap())
             .sum()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["lab", "down"]);
-        let _ = std::fs::remove_dir_all(&self.state_root);
     }
 }
 
@@ -185,26 +91,6 @@ spec:
             - {{name: udp-echo, containerPort: 9090, protocol: UDP}}
 "#
     )
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
 }
 
 fn name_of(p: &Value) -> &str {
@@ -322,7 +208,7 @@ fn check_matrix(lab: &Lab, pods: &[Value]) {
 }
 
 fn pod_matrix(routing: &str) {
-    let lab = Lab::up(routing);
+    let lab = Lab::up_fibril(routing);
     // The supervisor runs fibril's agent (not the bridge agent) on every node.
     let status = lab.json(&["lab", "status", "-o", "json"]);
     for i in 1..=3 {
@@ -438,7 +324,7 @@ fn request(ns: &fibril_netlink::NetNs, ip: Ipv4Addr, want: &str) -> Result<(), S
 #[test]
 #[ignore = "privileged: needs root, netns and BPF"]
 fn agent_sigkill_and_restart_loses_no_request() {
-    let lab = Lab::up("native");
+    let lab = Lab::up_fibril("native");
     let pods = lab.echo_pods(3);
     let client = pods.iter().find(|p| node_of(p) == lab.node(1)).unwrap();
     let server = pods.iter().find(|p| node_of(p) == lab.node(2)).unwrap();

@@ -5,99 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const FIBRIL: &str = env!("CARGO_BIN_EXE_fibril");
+mod common;
 
-fn unique_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let x = (nanos ^ u128::from(std::process::id()) << 20) % 36u128.pow(6);
-    let mut s = String::from("fibt");
-    let mut v = x;
-    for _ in 0..6 {
-        let d = (v % 36) as u32;
-        s.push(std::char::from_digit(d, 36).unwrap());
-        v /= 36;
-    }
-    s
-}
-
-/// A lab owned by one test: `lab down` on Drop, also when the test panics.
-struct Lab {
-    name: String,
-    state_root: PathBuf,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let name = unique_name();
-        let state_root = std::env::temp_dir().join(format!("fibril-e2e-{name}"));
-        std::fs::create_dir_all(&state_root).unwrap();
-        Lab { name, state_root }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(FIBRIL);
-        c.args(args)
-            .env("FIBRIL_STATE_ROOT", &self.state_root)
-            .env("FIBRIL_LAB", &self.name);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("running fibril")
-    }
-
-    /// Run and require success.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "fibril {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let text = self.ok(args);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: bad JSON {e}: {text}"))
-    }
-
-    fn node(&self, i: u8) -> String {
-        format!("{}-node-{i}", self.name)
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.state_root.join(&self.name)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["lab", "down"]);
-        let _ = std::fs::remove_dir_all(&self.state_root);
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
+use common::{ready, wait_for, Lab};
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().expect(cmd);
@@ -123,15 +38,6 @@ fn root_snapshot() -> Vec<(String, String)> {
         }
     }
     snap
-}
-
-fn ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
 }
 
 fn manifest(lab: &Lab) -> String {

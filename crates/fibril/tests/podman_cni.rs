@@ -22,25 +22,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const FIBRIL: &str = env!("CARGO_BIN_EXE_fibril");
+mod common;
+
+use common::{ensure_fibril_cni, ready, wait_for, Lab};
 
 /// podman 4.3's CNI backend (libcni 1.1) speaks spec versions up to 1.0.0; fibril-cni
 /// supports 0.4.0, 1.0.0 and 1.1.0.
 const CNI_VERSION: &str = "1.0.0";
-
-fn unique_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let mut v = (nanos ^ u128::from(std::process::id()) << 20) % 36u128.pow(6);
-    let mut s = String::from("fibt");
-    for _ in 0..6 {
-        s.push(std::char::from_digit((v % 36) as u32, 36).unwrap());
-        v /= 36;
-    }
-    s
-}
 
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -92,85 +80,6 @@ fn require_host_tools() {
     );
 }
 
-/// `fibril-cni` must sit next to `fibril`: built here when the test run did not build it.
-fn ensure_fibril_cni() -> PathBuf {
-    let plugin = Path::new(FIBRIL).with_file_name("fibril-cni");
-    if !plugin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "fibril-cni"])
-            .status()
-            .expect("running cargo build -p fibril-cni");
-        assert!(st.success(), "cargo build -p fibril-cni failed");
-    }
-    assert!(plugin.exists(), "no fibril-cni at {}", plugin.display());
-    plugin
-}
-
-/// A lab owned by the test: `lab down` on Drop, also when the test panics.
-struct Lab {
-    name: String,
-    state_root: PathBuf,
-}
-
-impl Lab {
-    fn up(nodes: u8) -> Lab {
-        let name = unique_name();
-        let state_root = std::env::temp_dir().join(format!("fibril-podman-{name}"));
-        std::fs::create_dir_all(&state_root).unwrap();
-        let lab = Lab { name, state_root };
-        let n = nodes.to_string();
-        let out = lab.ok(&["lab", "up", "--nodes", &n, "--cni", "fibril"]);
-        for i in 1..=nodes {
-            assert!(
-                out.contains(&format!("node {} Ready", lab.node(i))),
-                "{out}"
-            );
-        }
-        lab
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(FIBRIL)
-            .args(args)
-            .env("FIBRIL_STATE_ROOT", &self.state_root)
-            .env("FIBRIL_LAB", &self.name)
-            .output()
-            .expect("running fibril")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "fibril {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let text = self.ok(args);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: bad JSON {e}: {text}"))
-    }
-
-    fn node(&self, i: u8) -> String {
-        format!("{}-node-{i}", self.name)
-    }
-
-    fn status(&self, node: &str) -> Value {
-        self.json(&["status", "--node", node, "-o", "json"])
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["lab", "down"]);
-        let _ = std::fs::remove_dir_all(&self.state_root);
-    }
-}
-
 /// One echo pod pinned to each node.
 fn echo_pods_manifest(nodes: &[String]) -> String {
     let mut m = String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n");
@@ -196,26 +105,6 @@ spec:
         ));
     }
     m
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
 }
 
 /// `ip -j link` in the root netns (no `-n`) or in a named netns: (ifindex, ifname) pairs.
@@ -492,7 +381,7 @@ fn podman_runs_a_container_on_fibrils_network_through_fibril_cni() {
 
     let root_links_before = links(None);
 
-    let lab = Lab::up(2);
+    let lab = Lab::up(2, &["--cni", "fibril"]);
     let (node1, node2) = (lab.node(1), lab.node(2));
     let manifest = lab.state_root.join("echo.yaml");
     std::fs::write(
