@@ -40,7 +40,7 @@ use crate::events::EventReader;
 use crate::hook::Hook;
 use crate::loader::{self, HOST, POD};
 use crate::maps::{DatapathMaps, DropCount, Endpoint, Remote};
-use crate::pod::{self, remove_ep_stats};
+use crate::pod::{self, forget_detached_ep_stats};
 use crate::shared::{self, fibril_config};
 use crate::tcx::{self, Attachments, Prepared};
 
@@ -209,7 +209,7 @@ impl Datapath {
     /// interface's counters. Succeeds when there is nothing to detach.
     pub fn detach(&mut self, ifname: &str) -> Result<(), BpfError> {
         if let Some(ifindex) = self.attachments.detach(ifname)? {
-            remove_ep_stats(&self.pin_dir, ifindex)?;
+            forget_detached_ep_stats(&self.pin_dir, ifindex)?;
         }
         Ok(())
     }

@@ -106,12 +106,7 @@ impl PodCounters {
     /// counters. Succeeds when there is nothing to detach (the device may already be gone).
     pub fn detach(&mut self, ifname: &str) -> Result<(), BpfError> {
         if let Some(ifindex) = self.attachments.detach(ifname)? {
-            remove_ep_stats(&self.pin_dir, ifindex)?;
-            // A program already running on a packet when its link went away finishes
-            // after detach returns (the kernel frees it after an RCU grace period) and
-            // can re-create the entry; remove it again once such a straggler is done.
-            std::thread::sleep(STRAGGLER_GRACE);
-            remove_ep_stats(&self.pin_dir, ifindex)?;
+            forget_detached_ep_stats(&self.pin_dir, ifindex)?;
         }
         Ok(())
     }
@@ -190,6 +185,16 @@ fn open_ep_stats(pin_dir: &Path) -> Result<PerCpuHashMap<MapData, EpKey, EpStats
 /// How long a program that was mid-packet at detach may still run: well past an RCU
 /// grace period on an idle machine.
 const STRAGGLER_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Removes the counters of an endpoint whose programs were just detached. A program
+/// already running on a packet when its link went away finishes after detach returns
+/// (the kernel frees it after an RCU grace period) and can re-create the entry, so it is
+/// removed again once such a straggler is done.
+pub(crate) fn forget_detached_ep_stats(pin_dir: &Path, ifindex: u32) -> Result<(), BpfError> {
+    remove_ep_stats(pin_dir, ifindex)?;
+    std::thread::sleep(STRAGGLER_GRACE);
+    remove_ep_stats(pin_dir, ifindex)
+}
 
 pub(crate) fn remove_ep_stats(pin_dir: &Path, ifindex: u32) -> Result<(), BpfError> {
     let mut map = open_ep_stats(pin_dir)?;
