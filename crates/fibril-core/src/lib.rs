@@ -12,3 +12,4 @@ pub mod doctor;
 pub mod ipam;
 pub mod lab;
 pub mod manifest;
+pub mod services;
