@@ -23,6 +23,8 @@
 //!   nodeMaskSize: 24
 //!   reservedCidrs: [10.244.250.0/24]
 //! serviceCidr: 10.96.0.0/16
+//! services:
+//!   allowedExternalIpCidrs: [198.51.100.0/25]
 //! ```
 
 use std::fmt;
@@ -110,6 +112,40 @@ pub struct AgentConfig {
     /// The agent's local API socket. Default [`DEFAULT_SOCKET_PATH`].
     #[serde(default = "default_socket_path")]
     pub socket_path: PathBuf,
+    /// Service load balancing (the kube-proxy replacement).
+    #[serde(default, skip_serializing_if = "ServicesConfig::is_default")]
+    pub services: ServicesConfig,
+}
+
+/// The `services` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// The ranges a Service's `spec.externalIPs` may use. Default none: every externalIP
+    /// is refused, with an Event and a log line naming the Service. An unchecked
+    /// externalIP lets anyone who can create a Service capture traffic meant for that
+    /// address (CVE-2020-8554).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_external_ip_cidrs: Vec<String>,
+    /// The `service.kubernetes.io/service-proxy-name` this agent implements. Default
+    /// none: only Services without that label, as kube-proxy does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_name: Option<String>,
+}
+
+impl ServicesConfig {
+    fn is_default(&self) -> bool {
+        *self == ServicesConfig::default()
+    }
+}
+
+/// The checked `services` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidServices {
+    /// `services.allowedExternalIpCidrs`.
+    pub allowed_external_ips: Vec<ipnet::Ipv4Net>,
+    /// `services.proxyName`.
+    pub proxy_name: Option<String>,
 }
 
 /// The `ipam` section.
@@ -189,6 +225,7 @@ impl Default for AgentConfig {
             state_dir: default_state_dir(),
             bpf_pin_root: default_bpf_pin_root(),
             socket_path: default_socket_path(),
+            services: ServicesConfig::default(),
         }
     }
 }
@@ -300,6 +337,8 @@ pub struct ValidConfig {
     pub allow_degraded: bool,
     /// The paths.
     pub paths: AgentPaths,
+    /// `services`.
+    pub services: ValidServices,
 }
 
 impl ValidConfig {
@@ -514,6 +553,8 @@ impl AgentConfig {
             );
         }
 
+        let services = self.check_services(&mut err, service_cidr.as_ref());
+
         let routing = match (self.routing_mode, native) {
             (RoutingMode::Native, Some(native_routing_cidr)) => Some(Routing::Native {
                 native_routing_cidr,
@@ -545,10 +586,57 @@ impl AgentConfig {
                         bpf_pin_root: self.bpf_pin_root.clone(),
                         socket_path: self.socket_path.clone(),
                     },
+                    services,
                 })
             }
             _ => Err(ConfigErrors { errors: errs }),
         }
+    }
+
+    /// The `services` checks: IPv4 ranges without host bits, none overlapping the Service
+    /// range (an externalIP there would shadow ClusterIPs), and a label-value proxy name.
+    fn check_services(
+        &self,
+        err: &mut impl FnMut(&str, String),
+        service_cidr: Option<&ServiceCidr>,
+    ) -> ValidServices {
+        let mut out = ValidServices::default();
+        for (i, text) in self.services.allowed_external_ip_cidrs.iter().enumerate() {
+            let field = format!("services.allowedExternalIpCidrs[{i}]");
+            match crate::ipam::parse_cidr(text) {
+                Ok(IpNet::V4(net)) => {
+                    if let Some(svc) =
+                        service_cidr.filter(|s| crate::cidr::overlaps(&s.net(), &IpNet::V4(net)))
+                    {
+                        err(
+                            &field,
+                            format!(
+                                "{net} overlaps serviceCidr {svc}: an externalIP there would \
+                                 shadow ClusterIPs"
+                            ),
+                        );
+                    } else {
+                        out.allowed_external_ips.push(net);
+                    }
+                }
+                Ok(IpNet::V6(net)) => err(
+                    &field,
+                    format!("{net} is IPv6; IPv6 Services are not supported yet"),
+                ),
+                Err(e) => err(&field, e.to_string()),
+            }
+        }
+        if let Some(name) = &self.services.proxy_name {
+            if let Err(why) = check_label_value(name) {
+                err(
+                    "services.proxyName",
+                    format!("{name:?} is not a valid label value: {why}"),
+                );
+            } else {
+                out.proxy_name = Some(name.clone());
+            }
+        }
+        out
     }
 
     /// The cluster-pool checks; the pool if there is nothing wrong with it.
@@ -675,6 +763,28 @@ fn check_url(url: &str) -> Result<(), String> {
         if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
             return bad("the port must be a number between 1 and 65535");
         }
+    }
+    Ok(())
+}
+
+/// A Kubernetes label value, non-empty: at most 63 characters, alphanumerics, `-`, `_`
+/// and `.`, beginning and ending with an alphanumeric.
+fn check_label_value(v: &str) -> Result<(), &'static str> {
+    if v.is_empty() {
+        return Err("it is empty (leave proxyName out to serve unlabelled Services)");
+    }
+    if v.len() > 63 {
+        return Err("it is longer than 63 characters");
+    }
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("only alphanumerics, '-', '_' and '.' are allowed");
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge(v.chars().next()) || !edge(v.chars().last()) {
+        return Err("it must begin and end with an alphanumeric character");
     }
     Ok(())
 }

@@ -361,6 +361,18 @@ impl LabLayout {
         nth(&self.spec.service_cidr, 10)
     }
 
+    /// The range the lab's agents accept in Services' `spec.externalIPs` (the lower half
+    /// of TEST-NET-2); any other externalIP is refused (CVE-2020-8554).
+    pub fn external_ip_cidr(&self) -> Ipv4Net {
+        Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 0), 25).expect("valid")
+    }
+
+    /// The lab's LoadBalancer pool (the upper half of TEST-NET-2): the lab's load-balancer
+    /// controller assigns `status.loadBalancer.ingress` from it.
+    pub fn load_balancer_cidr(&self) -> Ipv4Net {
+        Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 128), 25).expect("valid")
+    }
+
     pub fn state_root() -> PathBuf {
         std::env::var_os(consts::LAB_STATE_ROOT_ENV)
             .map(PathBuf::from)

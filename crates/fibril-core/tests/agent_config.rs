@@ -346,3 +346,50 @@ fn unparsable_pools_are_reported_once_each() {
         ["ipam.clusterPoolCidrs[0]", "ipam.clusterPoolCidrs[1]"]
     );
 }
+
+#[test]
+fn services_allowed_external_ip_ranges_are_typed_and_checked() {
+    // Default: no range, so every externalIP is refused.
+    let v = AgentConfig::from_yaml(NATIVE).unwrap().validate().unwrap();
+    assert!(v.services.allowed_external_ips.is_empty());
+    assert_eq!(v.services.proxy_name, None);
+
+    let ok = format!(
+        "{NATIVE}services:\n  allowedExternalIpCidrs: [198.51.100.0/25, 203.0.113.250/32]\n  proxyName: fibril\n"
+    );
+    let v = AgentConfig::from_yaml(&ok).unwrap().validate().unwrap();
+    let ranges: Vec<String> = v
+        .services
+        .allowed_external_ips
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(ranges, ["198.51.100.0/25", "203.0.113.250/32"]);
+    assert_eq!(v.services.proxy_name.as_deref(), Some("fibril"));
+
+    let bad = format!(
+        "{NATIVE}services:\n  allowedExternalIpCidrs: [198.51.100.5/24, 10.96.1.0/24, fd00::/64, nope]\n  proxyName: \"-x\"\n"
+    );
+    let e = errors(&bad);
+    assert_eq!(
+        e.fields(),
+        [
+            "services.allowedExternalIpCidrs[0]",
+            "services.allowedExternalIpCidrs[1]",
+            "services.allowedExternalIpCidrs[2]",
+            "services.allowedExternalIpCidrs[3]",
+            "services.proxyName",
+        ],
+        "{e}"
+    );
+    assert!(
+        e.about("services.allowedExternalIpCidrs[0]")[0].contains("did you mean 198.51.100.0/24")
+    );
+    assert!(e.about("services.allowedExternalIpCidrs[1]")[0].contains("overlaps serviceCidr"));
+    assert!(e.about("services.allowedExternalIpCidrs[2]")[0].contains("IPv6"));
+
+    // A misspelt key is refused, naming it.
+    let typo = format!("{NATIVE}services:\n  allowedExternalIPs: [198.51.100.0/25]\n");
+    let e = AgentConfig::from_yaml(&typo).unwrap_err();
+    assert!(e.to_string().contains("allowedExternalIPs"), "{e}");
+}

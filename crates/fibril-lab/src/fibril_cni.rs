@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use fibril_core::agent_config::{AgentConfig, IpamConfig, IpamMode};
+use fibril_core::agent_config::{AgentConfig, IpamConfig, IpamMode, ServicesConfig};
 use fibril_core::consts;
 use fibril_core::lab::{LabLayout, RoutingMode};
 
@@ -57,6 +57,10 @@ pub fn agent_config(layout: &LabLayout, node: &str) -> AgentConfig {
         socket_path: state.join("agent.sock"),
         state_dir: state,
         bpf_pin_root: consts::BPF_PIN_ROOT.into(),
+        services: ServicesConfig {
+            allowed_external_ip_cidrs: vec![layout.external_ip_cidr().to_string()],
+            proxy_name: None,
+        },
     }
 }
 

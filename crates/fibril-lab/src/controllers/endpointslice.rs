@@ -19,10 +19,10 @@ use kube::{Api, Client};
 use super::podutil;
 use super::{is_conflict, is_not_found, ControllerError};
 
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use fibril_core::services::translate::slice_service;
+pub use fibril_core::services::translate::{HEADLESS_LABEL, SERVICE_NAME_LABEL};
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
-const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 const ADDRESS_TYPE: &str = "IPv4";
 
 /// The contents one slice should have.
@@ -83,9 +83,11 @@ fn endpoint_for(svc: &Service, pod: &Pod, ip: std::net::Ipv4Addr) -> Endpoint {
         .and_then(|s| s.hostname.clone());
     Endpoint {
         addresses: vec![ip.to_string()],
+        // Upstream's podToEndpoint: `serving` is the pod's readiness alone; `ready` is
+        // never true for a terminating pod unless publishNotReadyAddresses says so.
         conditions: Some(EndpointConditions {
             ready: Some(publish_not_ready || (serving && !terminating)),
-            serving: Some(publish_not_ready || serving),
+            serving: Some(serving),
             terminating: Some(terminating),
         }),
         hostname,
@@ -320,17 +322,9 @@ pub async fn reconcile(client: Client) -> Result<(), ControllerError> {
     // (namespace, service name) → its managed slices.
     let mut by_service: HashMap<(String, String), Vec<EndpointSlice>> = HashMap::new();
     for s in slices {
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .cloned()
-        else {
-            continue;
-        };
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        by_service.entry((ns, svc)).or_default().push(s);
+        if let Some(key) = slice_service(&s) {
+            by_service.entry(key).or_default().push(s);
+        }
     }
 
     let mut first_err = None;
@@ -544,6 +538,28 @@ mod tests {
         assert_eq!(ep.target_ref.as_ref().unwrap().name.as_deref(), Some("r"));
         assert_eq!(d[0].ports[0].port, Some(8080));
         assert_eq!(d[0].ports[0].name.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn publish_not_ready_addresses_makes_every_pod_ready_but_not_serving() {
+        let mut s = svc(vec![ServicePort {
+            port: 80,
+            target_port: Some(IntOrString::Int(8080)),
+            ..Default::default()
+        }]);
+        s.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+        let mut term = pod("t", "10.0.0.9", false, &[]);
+        term.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let pods = vec![pod("n", "10.0.0.2", false, &[]), term];
+        let d = desired_slices(&s, &pods);
+        let conds: Vec<_> = d[0]
+            .endpoints
+            .iter()
+            .map(|e| e.conditions.clone().unwrap())
+            .map(|c| (c.ready.unwrap(), c.serving.unwrap(), c.terminating.unwrap()))
+            .collect();
+        // As upstream: ready is forced, serving stays the pod's readiness.
+        assert_eq!(conds, vec![(true, false, false), (true, false, true)]);
     }
 
     #[test]
