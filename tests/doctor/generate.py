@@ -651,13 +651,21 @@ def f_input_errors():
         "--routes node-a=routes/node-a.json",
         "--sysctls node-a=sysctls/node-a.txt",
         "--reserved 10.8.1.0/33",
+        "--agent-status node-a=agent-status.json",
     ], [
         {"id": "input-unknown-key", "file": "values.yaml", "key": "bpf.masqurade"},
         {"id": "legacy-host-routing", "file": "values.yaml", "key": "bpf.masquerade"},
         {"id": "input-unparsable", "file": "routes/node-a.json", "key": ""},
         {"id": "input-invalid-value", "file": "--reserved", "key": ""},
         {"id": "rp-filter", "file": "sysctls/node-a.txt", "key": "net.ipv4.conf.all.rp_filter"},
+        {"id": "input-unavailable", "file": "agent-status.json", "key": "[0].error"},
     ])
+    # What `fibril status -o json` writes for an agent it cannot reach.
+    write(d, "agent-status.json", json.dumps([{
+        "node": "node-a",
+        "error": "cannot reach the fibril agent's status socket /var/lib/fibril/agent-status.sock: "
+                 "Connection refused (os error 111) (is the agent running? only root may connect)",
+    }], indent=2) + "\n")
     write(d, "values.yaml", """\
 k8sServiceHost: api.example.com
 k8sServicePort: 6443
@@ -667,6 +675,35 @@ bpf:
 """)
     write(d, "routes/node-a.json", '[{"dst":"default","gateway":"10.0.0.1","dev":"eth0"},\n {"dst": "10.0.0.0/24", "dev": "eth0",,}]\n')
     write(d, "sysctls/node-a.txt", base_sysctls(["eth0", "eth1", "lo"], {"all": "1"}))
+
+
+def f001_fibril():
+    """A fibril agent that runs degraded (allowDegraded) on a kernel without bpf_redirect_peer:
+    `fibril status -o json` names legacy host routing and its cause."""
+    d = "001-fibril-agent-legacy-host-routing"
+    fixture(d, ["--agent-status lab-node-2=agent-status.json"], [
+        {"id": "legacy-host-routing", "file": "agent-status.json", "key": "hostRouting.cause"},
+    ])
+    cause = ("the BPF datapath cannot be loaded: loading program pod_ingress: the BPF verifier "
+             "rejected it (kernel 5.4 lacks bpf_redirect_peer)")
+    write(d, "agent-status.json", json.dumps({
+        "node": "lab-node-2",
+        "ready": True,
+        "routingMode": "native",
+        "nativeRoutingCidr": "10.244.0.0/16",
+        "hostRouting": {"mode": "Legacy", "cause": cause},
+        "degraded": f"legacy host routing: {cause}",
+        "dataplane": "counters",
+        "ipam": {"mode": "kubernetes", "nodeCidr": "10.244.2.0/24", "used": 3, "free": 250,
+                 "total": 253, "exhausted": False},
+        "endpoints": [],
+        "programs": [],
+        "drops": [],
+        "api": {"server": "https://172.18.0.2:6443", "connected": True},
+        "nodes": [],
+        "conflist": "/etc/cni/net.d/05-fibril.conflist",
+        "problems": [],
+    }, indent=2) + "\n")
 
 
 def f_clean():
@@ -820,7 +857,7 @@ spec:
     write(d, "nodes.json", node_list(items + cn))
 
 
-for f in [f000, f001, f002_svm, f002_native, f002_metrics, f002_rp, f002_hostport, f_k8s_host,
+for f in [f000, f001, f001_fibril, f002_svm, f002_native, f002_metrics, f002_rp, f002_hostport, f_k8s_host,
           f003_dns, f003_ndots, f003_externalip, f003_cni, f003_iptables, f003_crd, f004_autodirect,
           f_input_errors, f_clean]:
     f()

@@ -1,15 +1,19 @@
-//! `fibril doctor`: reads the exported files (or a lab node's live state), hands their text to
-//! `fibril_core::doctor`, prints the findings and sets the exit code.
+//! `fibril doctor`: reads the exported files (or a live system: this host with `--local`, a
+//! lab's nodes with `--lab`), hands their text to `fibril_core::doctor`, prints the findings and
+//! sets the exit code.
 //!
 //! A file that cannot be read becomes an `input-unparsable` finding like a file that cannot be
-//! parsed, so one bad path never hides what the other inputs show.
+//! parsed, so one bad path never hides what the other inputs show. A live source that cannot be
+//! read is an `input-unavailable` finding; every live source is also listed on stderr (and in
+//! SARIF as the invocation's notes), read or not.
+
+mod live;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use serde_json::json;
 
 use fibril_core::doctor::{
     self, CniDir, CniEntry, Evidence, Finding, Inputs, NodeInput, Reserved, RuleId, Severity,
@@ -41,7 +45,8 @@ impl From<FailOn> for Severity {
 }
 
 /// Check a cluster's configuration and node state against the incidents fibril exists to
-/// prevent. Give any subset of the exports below, or `--lab NAME` for a lab's live state.
+/// prevent. Give any subset of the exports below, `--local` for this host's live state, or
+/// `--lab NAME` for a lab's. With no input at all, `--local` is assumed. Live mode only reads.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DoctorArgs {
     /// Cilium Helm values (values.yaml).
@@ -56,7 +61,8 @@ pub struct DoctorArgs {
     /// `sysctl -a` of one node; repeatable.
     #[arg(long, value_name = "[NODE=]FILE")]
     pub sysctls: Vec<String>,
-    /// A copy of a node's /etc/cni/net.d; repeatable.
+    /// A copy of a node's /etc/cni/net.d; repeatable. With --local: this host's CNI config dir
+    /// (default /etc/cni/net.d).
     #[arg(long, value_name = "[NODE=]DIR")]
     pub cni_dir: Vec<String>,
     /// `iptables-save` of one node; repeatable.
@@ -75,9 +81,21 @@ pub struct DoctorArgs {
     /// Measure ages and forecasts from this time (RFC 3339) instead of now.
     #[arg(long, value_name = "TIME")]
     pub now: Option<String>,
-    /// Also read the live routes, sysctls and CNI config dir of every node of this lab.
-    #[arg(long, value_name = "NAME")]
+    /// `fibril status -o json` of fibril agents (one object or an array); repeatable.
+    #[arg(long, value_name = "[NODE=]FILE")]
+    pub agent_status: Vec<String>,
+    /// Also read the live routes, sysctls, iptables, CNI config dir and fibril agent of every
+    /// node of this lab, each from inside the node's network namespace.
+    #[arg(long, value_name = "NAME", conflicts_with = "local")]
     pub lab: Option<String>,
+    /// Also read this host live: the routes and net.ipv4.conf sysctls of the network namespace
+    /// the doctor runs in, `iptables-save`, the CNI config dir and the fibril agent's status
+    /// socket, if there is one. The default when no input is given.
+    #[arg(long)]
+    pub local: bool,
+    /// With --local: the fibril agent's status socket.
+    #[arg(long, value_name = "PATH", requires = "local")]
+    pub agent_socket: Option<PathBuf>,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: DoctorOutput,
     /// Exit non-zero when a finding is at least this severe.
@@ -87,7 +105,15 @@ pub struct DoctorArgs {
 
 /// Runs the doctor; the exit code is 1 when a finding reaches `--fail-on`, else 0.
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let (inputs, mut unreadable) = gather(&args)?;
+    let (inputs, mut unreadable, notes) = gather(&args)?;
+    if !notes.is_empty() {
+        // On stderr, so `-o json` stays an array of findings.
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "sources:");
+        for n in &notes {
+            let _ = writeln!(err, "  {n}");
+        }
+    }
     let mut findings = doctor::diagnose(&inputs);
     findings.append(&mut unreadable);
     doctor::sort_findings(&mut findings);
@@ -97,9 +123,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&doctor::output::json(&findings))? + "\n"
         }
         DoctorOutput::Sarif => {
-            serde_json::to_string_pretty(&doctor::output::sarif(
+            serde_json::to_string_pretty(&doctor::output::sarif_with_notes(
                 &findings,
                 env!("CARGO_PKG_VERSION"),
+                &notes,
             ))? + "\n"
         }
     };
@@ -192,7 +219,24 @@ fn read_cni_dir(node: Option<String>, dir: &Path, bad: &mut Vec<Finding>) -> Opt
     })
 }
 
-fn gather(args: &DoctorArgs) -> anyhow::Result<(Inputs, Vec<Finding>)> {
+/// No input of any kind was named: the doctor then looks at this host (`--local`).
+fn no_inputs(args: &DoctorArgs) -> bool {
+    args.cilium_values.is_none()
+        && args.cilium_config.is_none()
+        && args.routes.is_empty()
+        && args.sysctls.is_empty()
+        && args.cni_dir.is_empty()
+        && args.iptables.is_empty()
+        && args.manifests.is_empty()
+        && args.nodes.is_none()
+        && args.reserved.is_empty()
+        && args.agent_status.is_empty()
+        && args.lab.is_none()
+        && !args.local
+}
+
+/// The inputs, findings for files that could not be read, and notes on the live sources.
+fn gather(args: &DoctorArgs) -> anyhow::Result<(Inputs, Vec<Finding>, Vec<String>)> {
     let mut bad = Vec::new();
     let mut inputs = Inputs {
         cilium_values: args
@@ -206,6 +250,7 @@ fn gather(args: &DoctorArgs) -> anyhow::Result<(Inputs, Vec<Finding>)> {
         routes: node_inputs(&args.routes, &mut bad),
         sysctls: node_inputs(&args.sysctls, &mut bad),
         iptables: node_inputs(&args.iptables, &mut bad),
+        agent_status: node_inputs(&args.agent_status, &mut bad),
         nodes: args.nodes.as_deref().and_then(|p| read_text(p, &mut bad)),
         reserved: args
             .reserved
@@ -256,98 +301,28 @@ fn gather(args: &DoctorArgs) -> anyhow::Result<(Inputs, Vec<Finding>)> {
     } else {
         inputs.now = Some(chrono::Utc::now());
     }
-    if let Some(lab) = &args.lab {
-        live_lab(lab, &mut inputs, &mut bad)?;
-    }
-    Ok((inputs, bad))
-}
-
-/// The sysctls the rules read, for `all`, `default` and each link.
-const LIVE_SYSCTLS: &[&str] = &["rp_filter", "src_valid_mark"];
-
-/// Reads every node of lab `name`: routes and sysctls from inside its network namespace (the
-/// root namespace is never read or changed), and its CNI config dir from the lab's state.
-fn live_lab(name: &str, inputs: &mut Inputs, bad: &mut Vec<Finding>) -> anyhow::Result<()> {
-    let lab: fibril_core::lab::LabName = name
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--lab {name:?}: {e}"))?;
-    let record = fibril_lab::lab::LabRecord::require(&lab)?;
-    let layout = record.layout();
-    for node in layout.node_names() {
-        let ns = match fibril_netlink::NetNs::open(&node) {
-            Ok(ns) => ns,
-            Err(e) => {
-                bad.push(unreadable(Path::new(&format!("lab:{node}")), &e));
-                continue;
-            }
+    let mut notes = Vec::new();
+    let report = if let Some(lab) = &args.lab {
+        Some(live::lab(lab, &mut inputs)?)
+    } else if args.local || no_inputs(args) {
+        if !args.local {
+            notes.push("no input given: checking this host live (--local)".to_string());
+        }
+        let opts = live::LocalOptions {
+            cni_dir_given: !args.cni_dir.is_empty(),
+            agent_socket: args.agent_socket.clone().unwrap_or_else(|| {
+                fibril_agent::status_socket_path(Path::new(
+                    fibril_core::agent_config::DEFAULT_STATE_DIR,
+                ))
+            }),
         };
-        match ns.routes() {
-            Ok(routes) => {
-                let arr: Vec<serde_json::Value> = routes
-                    .iter()
-                    .map(|r| {
-                        let mut v = json!({});
-                        v["dst"] = if r.dst.prefix_len() == 0 {
-                            json!("default")
-                        } else if r.dst.prefix_len() == 32 {
-                            json!(r.dst.addr().to_string())
-                        } else {
-                            json!(r.dst.to_string())
-                        };
-                        if let Some(g) = r.via {
-                            v["gateway"] = json!(g.to_string());
-                        }
-                        if let Some(d) = &r.dev {
-                            v["dev"] = json!(d);
-                        }
-                        if r.link_scope {
-                            v["scope"] = json!("link");
-                        }
-                        if let Some(s) = r.prefsrc {
-                            v["prefsrc"] = json!(s.to_string());
-                        }
-                        if let Some(m) = r.metric {
-                            v["metric"] = json!(m);
-                        }
-                        v
-                    })
-                    .collect();
-                inputs.routes.push(NodeInput::new(
-                    node.clone(),
-                    TextInput::new(
-                        format!("lab:{node}/ip-route.json"),
-                        serde_json::to_string(&arr)?,
-                    ),
-                ));
-            }
-            Err(e) => bad.push(unreadable(Path::new(&format!("lab:{node}/routes")), &e)),
-        }
-        let mut ifaces = vec!["all".to_string(), "default".to_string()];
-        match ns.links() {
-            Ok(links) => ifaces.extend(links.into_iter().map(|l| l.name)),
-            Err(e) => bad.push(unreadable(Path::new(&format!("lab:{node}/links")), &e)),
-        }
-        let mut text = String::new();
-        for i in &ifaces {
-            for k in LIVE_SYSCTLS {
-                // Interface names may hold dots; sysctl(8) prints those with `/`.
-                let key = format!("net.ipv4.conf.{}.{k}", i.replace('.', "/"));
-                let path_key = format!("net/ipv4/conf/{i}/{k}");
-                if let Ok(v) = ns.sysctl(&path_key) {
-                    text.push_str(&format!("{key} = {}\n", v.trim()));
-                }
-            }
-        }
-        inputs.sysctls.push(NodeInput::new(
-            node.clone(),
-            TextInput::new(format!("lab:{node}/sysctl"), text),
-        ));
-        let conf = layout.node_cni_conf_dir(&node);
-        if conf.is_dir() {
-            if let Some(d) = read_cni_dir(Some(node.clone()), &conf, bad) {
-                inputs.cni_dirs.push(d);
-            }
-        }
+        Some(live::local(&opts, &mut inputs))
+    } else {
+        None
+    };
+    if let Some(r) = report {
+        notes.extend(r.notes);
+        bad.extend(r.findings);
     }
-    Ok(())
+    Ok((inputs, bad, notes))
 }

@@ -72,6 +72,11 @@ macro_rules! rules {
                 match self { $( RuleId::$variant => $id, )* }
             }
 
+            /// The rule's name in PascalCase (SARIF `reportingDescriptor.name`).
+            pub fn name(self) -> &'static str {
+                match self { $( RuleId::$variant => stringify!($variant), )* }
+            }
+
             /// The severity this rule reports unless a finding says otherwise.
             pub fn default_severity(self) -> Severity {
                 match self { $( RuleId::$variant => Severity::$sev, )* }
@@ -140,6 +145,8 @@ rules! {
         "an input names a key the doctor does not know (likely a typo)";
     InputInvalidValue => "input-invalid-value", Error, "",
         "an input value has the wrong form";
+    InputUnavailable => "input-unavailable", Warning, "",
+        "a live source could not be read (a missing tool, no permission, an agent that does not answer)";
 }
 
 impl fmt::Display for RuleId {

@@ -10,6 +10,10 @@ use super::finding::{Evidence, Finding, RuleId};
 pub struct TextInput {
     pub name: String,
     pub text: String,
+    /// Read from a running system (`--local`, `--lab`) rather than an exported file. The text
+    /// was rendered by the doctor, so its line numbers point nowhere a user can open: evidence
+    /// from a live input carries the key, never a line.
+    pub live: bool,
 }
 
 impl TextInput {
@@ -17,8 +21,32 @@ impl TextInput {
         TextInput {
             name: name.into(),
             text: text.into(),
+            live: false,
         }
     }
+
+    /// An input read from a running system; `name` names the live source
+    /// ([`live_source`]: `live:local/sysctl`, `live:<node>/iptables-save`).
+    pub fn live(name: impl Into<String>, text: impl Into<String>) -> Self {
+        TextInput {
+            live: true,
+            ..TextInput::new(name, text)
+        }
+    }
+
+    /// `line` if it points into a file the user has, else `None`.
+    pub fn evidence_line(&self, line: u32) -> Option<u32> {
+        (!self.live).then_some(line)
+    }
+}
+
+/// The URI scheme that marks evidence read from a running system.
+pub const LIVE_SCHEME: &str = "live:";
+
+/// The name of a live source: `live:<host>/<what>`, where host is `local` (`--local`) or a lab
+/// node. It is a URI, so SARIF consumers can tell it from a file path.
+pub fn live_source(host: &str, what: &str) -> String {
+    format!("{LIVE_SCHEME}{host}/{what}")
 }
 
 /// An input that describes one node (`--routes NODE=FILE`).
@@ -72,6 +100,9 @@ pub struct Inputs {
     pub manifests: Vec<TextInput>,
     pub nodes: Option<TextInput>,
     pub reserved: Vec<Reserved>,
+    /// What a fibril agent reports (`fibril status -o json`, or its status socket in live
+    /// mode): one object, or an array of them.
+    pub agent_status: Vec<NodeInput>,
     /// The time the forecast and rate estimates count from. `None`: the newest timestamp seen in
     /// `nodes`.
     pub now: Option<DateTime<Utc>>,

@@ -23,9 +23,10 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
 pub use finding::{sort_findings, Evidence, Finding, RuleId, Severity};
-pub use input::{CniDir, CniEntry, Inputs, NodeInput, Reserved, TextInput};
+pub use input::{live_source, CniDir, CniEntry, Inputs, NodeInput, Reserved, TextInput};
 
 use parse::cilium::{CiliumView, Settings};
+use parse::fibril::AgentReport;
 use parse::host::{Iptables, NodeRoutes, Sysctls};
 use parse::k8s::{NodeRecord, Object};
 
@@ -36,6 +37,8 @@ pub(crate) struct Ctx<'a> {
     pub routes: Vec<NodeRoutes>,
     pub sysctls: Vec<Sysctls>,
     pub iptables: Vec<Iptables>,
+    /// fibril agents' own reports.
+    pub agents: Vec<AgentReport>,
     /// Objects from `--manifests`.
     pub objects: Vec<Object>,
     /// Objects from `--nodes`.
@@ -67,6 +70,11 @@ pub fn diagnose(inputs: &Inputs) -> Vec<Finding> {
         .iptables
         .iter()
         .map(|s| parse::host::parse_iptables(s, &mut findings))
+        .collect();
+    let agents = inputs
+        .agent_status
+        .iter()
+        .flat_map(|a| parse::fibril::parse_agent_status(a, &mut findings))
         .collect();
     let objects: Vec<Object> = inputs
         .manifests
@@ -108,6 +116,7 @@ pub fn diagnose(inputs: &Inputs) -> Vec<Finding> {
         routes,
         sysctls,
         iptables,
+        agents,
         objects,
         node_objects,
         nodes,

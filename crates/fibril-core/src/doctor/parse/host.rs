@@ -178,12 +178,12 @@ pub fn parse_routes(n: &NodeInput, problems: &mut Vec<Finding>) -> Option<NodeRo
 pub struct Sysctls {
     pub node: String,
     pub file: String,
-    /// (key, value, 1-based line)
-    pub entries: Vec<(String, String, u32)>,
+    /// (key, value, 1-based line; `None` for a live source)
+    pub entries: Vec<(String, String, Option<u32>)>,
 }
 
 impl Sysctls {
-    pub fn get(&self, key: &str) -> Option<(&str, u32)> {
+    pub fn get(&self, key: &str) -> Option<(&str, Option<u32>)> {
         self.entries
             .iter()
             .find(|(k, _, _)| k == key)
@@ -217,7 +217,11 @@ pub fn parse_sysctls(n: &NodeInput, problems: &mut Vec<Finding>) -> Sysctls {
         match l.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() && !k.trim().contains(' ') => {
                 let key = k.trim().trim_start_matches("/proc/sys/").replace('/', ".");
-                entries.push((key, v.trim().to_string(), i as u32 + 1));
+                entries.push((
+                    key,
+                    v.trim().to_string(),
+                    n.input.evidence_line(i as u32 + 1),
+                ));
             }
             _ => bad.push(i as u32 + 1),
         }
@@ -251,10 +255,20 @@ pub struct Rule {
     pub line: u32,
 }
 
+impl Iptables {
+    /// A rule's line as evidence: `None` for a live dump.
+    pub fn evidence_line(&self, line: u32) -> Option<u32> {
+        (!self.live).then_some(line)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Iptables {
     pub node: String,
     pub file: String,
+    /// Read live (`iptables-save` run by the doctor): rule lines order the rules but are not
+    /// shown as evidence.
+    pub live: bool,
     pub rules: Vec<Rule>,
     /// (table, chain, line) of each `:CHAIN` declaration.
     pub chains: Vec<(String, String, u32)>,
@@ -311,6 +325,7 @@ pub fn parse_iptables(n: &NodeInput, problems: &mut Vec<Finding>) -> Iptables {
     Iptables {
         node: n.node.clone(),
         file: n.input.name.clone(),
+        live: n.input.live,
         rules,
         chains,
     }

@@ -2,5 +2,6 @@
 //! whatever it could not read, instead of failing.
 
 pub mod cilium;
+pub mod fibril;
 pub mod host;
 pub mod k8s;

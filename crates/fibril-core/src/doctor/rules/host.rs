@@ -25,7 +25,7 @@ pub(crate) fn check(ctx: &Ctx<'_>, out: &mut Vec<Finding>) {
 
 fn sysctl_ev(s: &Sysctls, key: &str) -> Option<Evidence> {
     s.get(key)
-        .map(|(v, l)| Evidence::new(s.file.clone(), v).key(key).line(Some(l)))
+        .map(|(v, l)| Evidence::new(s.file.clone(), v).key(key).line(l))
 }
 
 fn rp_filter(s: &Sysctls, out: &mut Vec<Finding>) {
@@ -102,7 +102,7 @@ fn src_valid_mark(ctx: &Ctx<'_>, out: &mut Vec<Finding>) {
             .map(|(k, v, l)| {
                 Evidence::new(s.file.clone(), v.clone())
                     .key(k.clone())
-                    .line(Some(*l))
+                    .line(*l)
             })
             .collect();
         if set.is_empty() {
@@ -163,8 +163,8 @@ fn hostport_chain_order(t: &Iptables, out: &mut Vec<Finding>) {
                 t.node, k.line, c.line
             ),
         )
-        .evidence(Evidence::new(t.file.clone(), k.text.clone()).key("nat PREROUTING").line(Some(k.line)))
-        .evidence(Evidence::new(t.file.clone(), c.text.clone()).key("nat PREROUTING").line(Some(c.line)))
+        .evidence(Evidence::new(t.file.clone(), k.text.clone()).key("nat PREROUTING").line(t.evidence_line(k.line)))
+        .evidence(Evidence::new(t.file.clone(), c.text.clone()).key("nat PREROUTING").line(t.evidence_line(c.line)))
         .why("KUBE-SERVICES DNATs and accepts matching traffic first, so the CNI's hostPort DNAT in the later chain is never reached and hostPort workloads are intermittently unreachable (the order depends on which agent inserted its jump last)")
         .fix(format!(
             "make {chain} come first in PREROUTING (the CNI must insert with -I, and re-check after kube-proxy restarts), or let the CNI implement hostPort in BPF; restarting the agent only fixes it until the next kube-proxy restart"
@@ -222,7 +222,7 @@ fn iptables_scale(t: &Iptables, out: &mut Vec<Finding>) {
         .evidence(
             Evidence::new(t.file.clone(), format!("{n} rules jump to service chains"))
                 .key("nat KUBE-SERVICES")
-                .line(first),
+                .line(first.and_then(|l| t.evidence_line(l))),
         )
         .evidence(Evidence::new(t.file.clone(), format!("{kube_rules} rules")).key("KUBE-*"))
         .why("kube-proxy's iptables mode matches services linearly in KUBE-SERVICES for the first packet of every connection and reloads the whole table on each change, so latency and agent CPU grow with the number of services and endpoints")
