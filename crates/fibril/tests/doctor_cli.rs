@@ -18,7 +18,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{unique_name, Lab, FIBRIL};
+use common::{ensure_fibril_cni, unique_name, Lab, FIBRIL};
 
 fn fibril() -> Command {
     Command::new(FIBRIL)
@@ -710,4 +710,36 @@ fn doctor_lab_sees_src_valid_mark_and_hostport_order_planted_in_a_node() {
     let sarif = json_of(&doctor("sarif"));
     assert_valid(&validator("sarif-schema-2.1.0.json"), &sarif, "lab sarif");
     assert_eq!(snapshot(None), root_before, "the root namespace changed");
+}
+
+/// A lab of fibril agents: each node's agent is asked on its status socket, and an agent in
+/// BPF host routing gives no legacy-host-routing finding.
+#[test]
+#[ignore = "privileged: builds a lab with fibril agents (network namespaces, BPF) as root"]
+fn doctor_lab_reads_each_fibril_agent() {
+    ensure_fibril_cni();
+    let lab = Lab::up(2, &["--cni", "fibril", "--routing", "native"]);
+    let out = lab.run(&[
+        "doctor",
+        "--lab",
+        &lab.name,
+        "-o",
+        "json",
+        "--fail-on",
+        "info",
+    ]);
+    let v = json_of(&out);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    for i in 1..=2 {
+        let node = lab.node(i);
+        let line = format!("live:{node}/agent-status: read from");
+        assert!(err.contains(&line), "{line:?} not in:\n{err}");
+        let status = lab.status(&node);
+        assert_eq!(status["hostRouting"]["mode"], "BPF", "{status:#}");
+    }
+    let got = ids(&out);
+    assert!(!got.contains("legacy-host-routing"), "{v:#}");
+    assert!(!got.contains("input-unavailable"), "{v:#}");
+    assert!(!got.contains("input-unparsable"), "{v:#}");
+    assert_valid(&validator("findings.schema.json"), &v, "fibril lab json");
 }
