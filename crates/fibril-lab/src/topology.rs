@@ -313,6 +313,22 @@ impl Builder<'_> {
             let node = self.netns(&l.node_netns(i), true)?;
             self.attach(&fabric, &node, &fabric_node_link(i), l.node_ip(i))?;
         }
+        // LoadBalancer addresses reach the cluster through the first node, as a cloud
+        // load balancer would hand them to a node (the lab's load-balancer controller
+        // assigns them).
+        if l.spec.nodes > 0 {
+            self.step(format!(
+                "{}: {} via {}",
+                fabric.name(),
+                l.load_balancer_cidr(),
+                l.node_ip(1)
+            ));
+            fabric.replace_route(&Route {
+                dst: l.load_balancer_cidr(),
+                via: Some(l.node_ip(1)),
+                dev: None,
+            })?;
+        }
 
         let world = self.netns(&l.world_netns(), false)?;
         let router = cidr(l.world_router_ip(), &l.spec.world_cidr);

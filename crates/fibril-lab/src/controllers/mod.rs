@@ -1,5 +1,6 @@
 //! The lab's kube-controller-manager and kube-scheduler: the scheduler, node IPAM, the
-//! EndpointSlice controller and the Deployment controller, all through kube-rs.
+//! EndpointSlice controller, the Deployment controller and a load-balancer controller
+//! (a cloud's stand-in), all through kube-rs.
 //!
 //! Each controller is level-triggered: watchers only wake it up, and every pass lists
 //! fresh state from the API server and converges it. The decisions themselves are pure
@@ -10,6 +11,7 @@
 
 pub mod deployment;
 pub mod endpointslice;
+pub mod loadbalancer;
 pub mod nodeipam;
 pub mod podutil;
 pub mod scheduler;
@@ -87,13 +89,14 @@ pub(crate) fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Runs the scheduler, node IPAM, EndpointSlice and Deployment controllers until one of
-/// them fails for good.
+/// Runs the scheduler, node IPAM, EndpointSlice, Deployment and load-balancer controllers
+/// until one of them fails for good.
 pub async fn run(client: Client, layout: LabLayout) -> anyhow::Result<()> {
     let sched = Arc::new(Notify::new());
     let ipam = Arc::new(Notify::new());
     let slices = Arc::new(Notify::new());
     let deploys = Arc::new(Notify::new());
+    let lbs = Arc::new(Notify::new());
 
     let mut tasks = JoinSet::new();
     tasks.spawn(wake_on::<Pod>(
@@ -106,7 +109,7 @@ pub async fn run(client: Client, layout: LabLayout) -> anyhow::Result<()> {
     ));
     tasks.spawn(wake_on::<Service>(
         Api::all(client.clone()),
-        vec![slices.clone()],
+        vec![slices.clone(), lbs.clone()],
     ));
     tasks.spawn(wake_on::<EndpointSlice>(
         Api::all(client.clone()),
@@ -140,6 +143,12 @@ pub async fn run(client: Client, layout: LabLayout) -> anyhow::Result<()> {
         let client = client.clone();
         tasks.spawn(passes("deployment", deploys, move || {
             deployment::reconcile(client.clone())
+        }));
+    }
+    {
+        let client = client.clone();
+        tasks.spawn(passes("loadbalancer", lbs, move || {
+            loadbalancer::reconcile(client.clone(), layout.clone())
         }));
     }
 
