@@ -125,6 +125,27 @@ struct fibril_remote {
 #define FIBRIL_MAP_IPCACHE_NAME "fibril_ipcache"
 #define FIBRIL_IPCACHE_MAX_ENTRIES 16384
 
+/* ---- security identities ------------------------------------------------- */
+
+/* The numbering of identities (ipcache values, endpoint identities, policy
+ * keys). fibril-core's policy::identity mirrors these values and a test there
+ * checks them against this header. */
+enum fibril_identity_reserved {
+	/* The wildcard peer in a policy key; also "unknown" in events. No
+	 * ipcache lookup yields it (0.0.0.0/0 maps to WORLD). */
+	FIBRIL_IDENTITY_ANY = 0,
+	FIBRIL_IDENTITY_HOST = 1,        /* this node */
+	FIBRIL_IDENTITY_WORLD = 2,       /* outside the cluster, no ipBlock */
+	FIBRIL_IDENTITY_UNMANAGED = 3,   /* in a pod range, no known pod */
+	FIBRIL_IDENTITY_REMOTE_NODE = 6, /* another node of the cluster */
+};
+
+/* Pod identities (cluster scope, may travel in the 24-bit VXLAN VNI). */
+#define FIBRIL_IDENTITY_FIRST_POD 256
+/* CIDR identities of ipBlock prefixes (node-local) up to the maximum. */
+#define FIBRIL_IDENTITY_FIRST_CIDR 0x00800000
+#define FIBRIL_IDENTITY_MAX 0x00ffffff
+
 /* ---- events: a ring buffer of forwarded, passed and dropped packets ----- */
 
 enum fibril_event_type {

@@ -12,4 +12,5 @@ pub mod doctor;
 pub mod ipam;
 pub mod lab;
 pub mod manifest;
+pub mod policy;
 pub mod services;
