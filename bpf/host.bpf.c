@@ -5,6 +5,12 @@
  * (decapsulated packets from other nodes, tunnel mode).
  *
  *   1. not IPv4: pass;
+ *   1b. TCP/UDP: the service layer (lb.h): to an EXTERNAL frontend that is
+ *      not a ClusterIP (NodePort, ExternalIP, LoadBalancer): DNAT to a
+ *      backend (masqueraded to the node's address if the backend is remote
+ *      and the client IP need not be preserved), or reject; replies of
+ *      service connections: reverse translation; either way routed by the
+ *      new destination;
  *   2. destination is an endpoint of this node: deliver_local
  *      (bpf_redirect_peer), or pass if it is the node's own (host) address;
  *   3. destination in this node's own pod range but no endpoint: drop,
@@ -22,6 +28,7 @@
 #include "endpoints.h"
 #include "events.h"
 #include "l3.h"
+#include "lb.h"
 
 static __always_inline int route_to_local(struct __sk_buff *skb, __u8 hook)
 {
@@ -36,6 +43,13 @@ static __always_inline int route_to_local(struct __sk_buff *skb, __u8 hook)
 		return pass(skb, &f, FIBRIL_PASS_NOT_IPV4);
 	default:
 		return drop(skb, &f, FIBRIL_DROP_MALFORMED);
+	}
+
+	if (f.has_ports && parse_l4(skb, &f) == 0) {
+		int verdict = lb_handle(skb, &f, 0);
+
+		if (verdict != LB_NOT_HANDLED)
+			return verdict;
 	}
 
 	ep = endpoint_lookup(f.daddr);

@@ -7,6 +7,10 @@
  *   2. routing mode NONE (counters only): pass, unchanged;
  *   3. not IPv4 (ARP, IPv6): pass, the node's stack answers ARP for the
  *      pods' gateway;
+ *   3b. TCP/UDP: the service layer (lb.h): to a service frontend (an
+ *      INTERNAL entry first, then EXTERNAL): DNAT to a backend, or reject;
+ *      a backend's reply of a service connection: reverse translation;
+ *      either way routed by the new destination;
  *   4. destination is an endpoint of this node: deliver_local
  *      (bpf_redirect_peer), or pass if it is the node's own (host) address;
  *   5. destination in the ipcache:
@@ -17,8 +21,10 @@
  *      - native mode: fib_forward;
  *   6. otherwise (the node, the world): pass.
  *
- * tc egress only counts what the stack delivers to the pod; packets that
- * fibril redirects into the pod bypass it and are counted at the redirect.
+ * tc egress counts what the stack delivers to the pod (packets that fibril
+ * redirects into the pod bypass it and are counted at the redirect), and
+ * reverse-translates replies of service connections that reach the pod
+ * through the stack (a host-network backend's).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -31,6 +37,7 @@
 #include "events.h"
 #include "fib.h"
 #include "l3.h"
+#include "lb.h"
 #include "metrics.h"
 #include "tunnel.h"
 
@@ -47,6 +54,13 @@ static __always_inline int route_from_pod(struct __sk_buff *skb)
 		return pass(skb, &f, FIBRIL_PASS_NOT_IPV4);
 	default:
 		return drop(skb, &f, FIBRIL_DROP_MALFORMED);
+	}
+
+	if (f.has_ports && parse_l4(skb, &f) == 0) {
+		int verdict = lb_handle(skb, &f, 1);
+
+		if (verdict != LB_NOT_HANDLED)
+			return verdict;
 	}
 
 	ep = endpoint_lookup(f.daddr);
@@ -82,8 +96,14 @@ int FIBRIL_PROG_FROM_POD(struct __sk_buff *skb)
 SEC("classifier")
 int FIBRIL_PROG_TO_POD(struct __sk_buff *skb)
 {
+	struct flow f = { .hook = FIBRIL_HOOK_TO_POD };
+
 	ep_count(skb->ifindex, skb->len, FIBRIL_DIR_TO_POD);
-	return TC_ACT_OK;
+	if (CONFIG(routing_mode) == FIBRIL_ROUTING_NONE)
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &f) != PARSE_IPV4 || !f.has_ports || parse_l4(skb, &f) < 0)
+		return TC_ACT_OK;
+	return lb_reverse_only(skb, &f);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -193,6 +193,21 @@ enum fibril_drop_reason {
 	FIBRIL_DROP_REWRITE = 11,
 	/* A redirect helper refused the redirect. */
 	FIBRIL_DROP_REDIRECT = 12,
+	/* A new connection to a service frontend without backends. Not a
+	 * silent drop: the client's packet is consumed and answered in place
+	 * (TCP RST, or ICMP port unreachable for UDP), so the verdict is a
+	 * redirect back to the client; a TCP RST to such a frontend is only
+	 * counted. */
+	FIBRIL_DROP_SVC_NO_BACKEND = 13,
+	/* The backend slot the service entry names was gone, twice: the
+	 * service's backends were replaced while the packet was in flight. */
+	FIBRIL_DROP_SVC_BACKEND_GONE = 14,
+	/* Every probed source port for a masqueraded (SNAT) connection was
+	 * taken. */
+	FIBRIL_DROP_NAT_NO_PORT = 15,
+	/* The conntrack entry of a new service connection could not be
+	 * written. */
+	FIBRIL_DROP_CT_CREATE = 16,
 	__FIBRIL_DROP_MAX,
 };
 
@@ -271,6 +286,211 @@ struct fibril_drop_stats {
  * one per-CPU __u64 at index 0. */
 #define FIBRIL_MAP_EVENTS_LOST fibril_ev_lost
 #define FIBRIL_MAP_EVENTS_LOST_NAME "fibril_ev_lost"
+
+/* ---- services: load balancing (bpf/lib/lb.h) ---------------------------- *
+ *
+ * A frontend (address, port, protocol, scope) maps to a service entry; its
+ * backends live in a second map under (service id, revision, slot). A table
+ * change writes the new revision's backends first and then replaces the
+ * service entry in one update, so a packet sees either the old list or the
+ * new one, never a mix; the old revision's slots are deleted afterwards.
+ */
+
+/* Which clients a frontend serves (fibril_core::services::Scope): packets
+ * from this node's pods look up INTERNAL first, then EXTERNAL; packets from
+ * the underlay look up EXTERNAL only. */
+enum fibril_svc_scope {
+	FIBRIL_SVC_SCOPE_EXTERNAL = 1,
+	FIBRIL_SVC_SCOPE_INTERNAL = 2,
+};
+
+/* How a frontend came to exist (fibril_core::services::FrontendKind). The
+ * underlay hook serves every kind but CLUSTER_IP. */
+enum fibril_svc_kind {
+	FIBRIL_SVC_KIND_CLUSTER_IP = 1,
+	FIBRIL_SVC_KIND_NODE_PORT = 2,
+	FIBRIL_SVC_KIND_EXTERNAL_IP = 3,
+	FIBRIL_SVC_KIND_LOAD_BALANCER = 4,
+};
+
+enum fibril_svc_flags {
+	/* externalTrafficPolicy Local: traffic from the underlay keeps its
+	 * source address (the table then holds only local backends). Without
+	 * it, underlay traffic to a remote backend is masqueraded to the
+	 * node's address. */
+	FIBRIL_SVC_F_PRESERVE_CLIENT_IP = 1 << 0,
+};
+
+struct fibril_svc_key {
+	__u32 ipv4;  /* network order */
+	__u16 port;  /* network order */
+	__u8 proto;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 scope;  /* enum fibril_svc_scope */
+};
+
+struct fibril_svc {
+	__u32 id;    /* >= 1; keys the backends, affinity and meta entries */
+	__u16 rev;   /* the backends of this revision are the live list */
+	__u16 count; /* slots 0..count-1; 0: reject new connections */
+	/* sessionAffinity ClientIP timeout in seconds; 0: no affinity. */
+	__u32 affinity_timeout;
+	__u8 kind;   /* enum fibril_svc_kind */
+	__u8 flags;  /* enum fibril_svc_flags */
+	__u16 pad;
+};
+
+#define FIBRIL_MAP_SERVICES fibril_svc
+#define FIBRIL_MAP_SERVICES_NAME "fibril_svc"
+/* Frontends per node; maps sized in hundreds of thousands are created
+ * without preallocation, so they cost memory only for what they hold. */
+#define FIBRIL_SERVICES_MAX_ENTRIES 262144
+
+struct fibril_backend_key {
+	__u32 svc_id;
+	__u16 rev;
+	__u16 slot;
+};
+
+enum fibril_backend_flags {
+	/* The backend runs on this node. */
+	FIBRIL_BACKEND_F_LOCAL = 1 << 0,
+	/* Serving but terminating (in the list only as the KEP-1669
+	 * fallback); informational, the datapath treats it like any other. */
+	FIBRIL_BACKEND_F_TERMINATING = 1 << 1,
+};
+
+struct fibril_backend {
+	__u32 ipv4;  /* network order */
+	__u16 port;  /* network order */
+	__u8 flags;  /* enum fibril_backend_flags */
+	__u8 pad;
+};
+
+#define FIBRIL_MAP_BACKENDS fibril_svc_be
+#define FIBRIL_MAP_BACKENDS_NAME "fibril_svc_be"
+#define FIBRIL_BACKENDS_MAX_ENTRIES 524288
+
+/* Membership of a backend in a revision of a service, written for services
+ * with session affinity only: an affinity entry is honoured only while its
+ * backend is still in the service's live list. */
+struct fibril_svc_member_key {
+	__u32 svc_id;
+	__u16 rev;
+	__u16 port; /* network order */
+	__u32 ipv4; /* network order */
+};
+
+#define FIBRIL_MAP_SVC_MEMBERS fibril_svc_memb
+#define FIBRIL_MAP_SVC_MEMBERS_NAME "fibril_svc_memb"
+#define FIBRIL_SVC_MEMBERS_MAX_ENTRIES FIBRIL_BACKENDS_MAX_ENTRIES
+
+/* sessionAffinity ClientIP: the backend a client last got from a service,
+ * and when (LRU: old clients fall out). */
+struct fibril_affinity_key {
+	__u32 client_ipv4; /* network order */
+	__u32 svc_id;
+};
+
+struct fibril_affinity {
+	__u64 last_used_ns; /* bpf_ktime_get_ns of the last new connection */
+	struct fibril_backend backend;
+};
+
+#define FIBRIL_MAP_AFFINITY fibril_svc_aff
+#define FIBRIL_MAP_AFFINITY_NAME "fibril_svc_aff"
+#define FIBRIL_AFFINITY_MAX_ENTRIES 65536
+
+/* What a service entry is called, for dumps and after an agent restart
+ * (the programs never read it). NUL-padded; Kubernetes bounds these names
+ * at 63, 63 and 15 characters. */
+#define FIBRIL_SVC_NAMESPACE_LEN 64
+#define FIBRIL_SVC_NAME_LEN 64
+#define FIBRIL_SVC_PORT_NAME_LEN 16
+
+struct fibril_svc_meta {
+	__u8 namespace_[FIBRIL_SVC_NAMESPACE_LEN];
+	__u8 name[FIBRIL_SVC_NAME_LEN];
+	__u8 port_name[FIBRIL_SVC_PORT_NAME_LEN];
+};
+
+#define FIBRIL_MAP_SVC_META fibril_svc_meta
+#define FIBRIL_MAP_SVC_META_NAME "fibril_svc_meta"
+#define FIBRIL_SVC_META_MAX_ENTRIES FIBRIL_SERVICES_MAX_ENTRIES
+
+/* The source address of hairpinned connections: a pod that reaches itself
+ * through a service sees the connection come from here, since a packet from
+ * its own address would be a martian. Host byte order (a constant, unlike
+ * the map fields): 169.254.42.1. */
+#define FIBRIL_SVC_LOOPBACK_IPV4 0xa9fe2a01
+
+/* ---- conntrack: service connections (bpf/lib/conntrack.h) ---------------- *
+ *
+ * Two entries per connection, keyed by the tuple as it is seen on the wire:
+ * FORWARD under the client's tuple (client -> frontend), REPLY under the
+ * backend's (backend -> client, or -> the SNAT address). Each holds the
+ * tuple its packets are rewritten to. A connection lives while either
+ * entry has not expired; each direction refreshes its own entry.
+ */
+
+struct fibril_ct_key {
+	__u32 saddr; /* network order */
+	__u32 daddr;
+	__u16 sport; /* network order */
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+enum fibril_ct_dir {
+	FIBRIL_CT_FORWARD = 1,
+	FIBRIL_CT_REPLY = 2,
+};
+
+enum fibril_ct_flags {
+	/* The source is translated: to the node's address (masquerade) or
+	 * to the service loopback address (hairpin). */
+	FIBRIL_CT_F_SNAT = 1 << 0,
+	FIBRIL_CT_F_HAIRPIN = 1 << 1,
+	/* TCP: this direction sent a segment without SYN (the handshake is
+	 * done from its side). */
+	FIBRIL_CT_F_ESTABLISHED = 1 << 2,
+	/* TCP: this direction sent a FIN. */
+	FIBRIL_CT_F_FIN = 1 << 3,
+	/* TCP: this direction sent an RST. */
+	FIBRIL_CT_F_RST = 1 << 4,
+};
+
+struct fibril_ct_entry {
+	__u64 expires_ns; /* bpf_ktime_get_ns deadline */
+	/* The tuple after translation (network order). */
+	__u32 nat_saddr;
+	__u32 nat_daddr;
+	__u16 nat_sport;
+	__u16 nat_dport;
+	__u32 svc_id;     /* the service entry the connection was made through */
+	__u8 dir;         /* enum fibril_ct_dir */
+	__u8 flags;       /* enum fibril_ct_flags */
+	__u8 pad[6];
+};
+
+#define FIBRIL_MAP_CT fibril_ct
+#define FIBRIL_MAP_CT_NAME "fibril_ct"
+/* Two entries per connection. LRU: the oldest connections are evicted
+ * when it is full. */
+#define FIBRIL_CT_MAX_ENTRIES 131072
+
+/* Idle timeouts, in seconds (TCP by the state of the entry's direction). */
+#define FIBRIL_CT_TCP_SYN_SECS 60
+#define FIBRIL_CT_TCP_ESTABLISHED_SECS 21600
+#define FIBRIL_CT_TCP_CLOSING_SECS 10
+#define FIBRIL_CT_UDP_SECS 60
+
+/* Masquerade source ports (host byte order): above the kernel's default
+ * ephemeral range, so that they never meet the node's own connections. */
+#define FIBRIL_SNAT_PORT_MIN 61000
+#define FIBRIL_SNAT_PORT_MAX 65535
+/* Random ports tried per new masqueraded connection. */
+#define FIBRIL_SNAT_PROBES 32
 
 /* ---- programs of bpf/pod.bpf.c (host side of a pod veth) ---------------- */
 

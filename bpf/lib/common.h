@@ -35,6 +35,10 @@ struct flow {
 	__u8 ttl;
 	__u8 hook;      /* enum fibril_hook */
 	__u8 has_ports; /* TCP/UDP and not a later fragment: ports at l4_off */
+	/* Filled by parse_l4 (services and conntrack only). */
+	__u16 sport;    /* network order */
+	__u16 dport;
+	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01 ... ACK 0x10) */
 };
 
 enum parse_result {
@@ -81,6 +85,30 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 	f->has_ports = (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
 		       !(ip->frag_off & bpf_htons(IPV4_FRAG_OFFSET_MASK));
 	return PARSE_IPV4;
+}
+
+#define TCP_FLAGS_OFF 13
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* Reads the ports (and the TCP flags) of a packet parse_ipv4 found to have
+ * them. Returns -1 if the L4 header is truncated. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
+{
+	__u16 ports[2];
+	__u8 flags = 0;
+
+	if (bpf_skb_load_bytes(skb, f->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	if (f->proto == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, f->l4_off + TCP_FLAGS_OFF, &flags, sizeof(flags)) < 0)
+		return -1;
+	f->sport = ports[0];
+	f->dport = ports[1];
+	f->tcp_flags = flags;
+	return 0;
 }
 
 #endif /* FIBRIL_LIB_COMMON_H */

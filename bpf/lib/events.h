@@ -95,7 +95,9 @@ static __always_inline int trace_sampled(void)
 	return n == 1 || bpf_get_prandom_u32() % n == 0;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 reason)
+/* Counts a drop and emits its event; the caller decides the verdict (a
+ * service reject answers the packet instead of discarding it). */
+static __always_inline void account_drop(struct __sk_buff *skb, const struct flow *f, __u8 reason)
 {
 	__u32 key = reason;
 	struct fibril_drop_stats *stats = bpf_map_lookup_elem(&FIBRIL_MAP_DROPS, &key);
@@ -106,6 +108,11 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 		stats->bytes += skb->len;
 	}
 	emit_event(skb, f, FIBRIL_EVENT_DROPPED, reason);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 reason)
+{
+	account_drop(skb, f, reason);
 	return TC_ACT_SHOT;
 }
 

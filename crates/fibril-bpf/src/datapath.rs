@@ -18,6 +18,14 @@
 //! From the underlay or the tunnel: to an endpoint, delivered as above; to this node's
 //! pod range but no endpoint, dropped; anything else passed.
 //!
+//! Before any of that, TCP and UDP packets meet the service layer (`bpf/lib/lb.h`, maps
+//! in [`crate::services`]): a packet to a service frontend (from a pod: any; from the
+//! underlay: NodePort, ExternalIP, LoadBalancer) is translated to a backend and routed
+//! to it (or, without backends, answered with a TCP RST / ICMP port unreachable and
+//! counted as [`DropReason::SvcNoBackend`](crate::DropReason::SvcNoBackend)); a reply
+//! of a service connection is translated back and routed to the client. The tc egress
+//! hook toward a pod translates back replies that reach the pod through the stack.
+//!
 //! Every drop emits an event and counts by reason; forwarded and passed packets emit
 //! events only when sampled ([`DatapathConfig::trace_sample`]).
 //!
@@ -28,11 +36,14 @@
 //! the maps as they are; attaching the same interfaces again adopts the pinned links and
 //! moves them atomically to the new programs.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
+use std::sync::{Mutex, MutexGuard};
+
 use aya::Ebpf;
+use fibril_core::services::{L4Proto, ServiceTable};
 use ipnet::Ipv4Net;
 
 use crate::error::{BpfError, ConfigProblem};
@@ -41,6 +52,7 @@ use crate::hook::Hook;
 use crate::loader::{self, HOST, POD};
 use crate::maps::{DatapathMaps, DropCount, Endpoint, Remote};
 use crate::pod::{self, forget_detached_ep_stats};
+use crate::services::{ConntrackEntry, ServiceMaps, SyncStats};
 use crate::shared::{self, fibril_config};
 use crate::tcx::{self, Attachments, Prepared};
 
@@ -120,6 +132,9 @@ pub struct Datapath {
     config: DatapathConfig,
     attachments: Attachments,
     maps: DatapathMaps,
+    /// Behind a lock so that the control plane can sync through a shared handle; syncs
+    /// are serialized.
+    services: Mutex<ServiceMaps>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -142,7 +157,9 @@ impl Datapath {
         let pod = loader::load(POD, pin_dir, Some(&raw))?;
         let host = loader::load(HOST, pin_dir, Some(&raw))?;
         let maps = DatapathMaps::open(pin_dir)?;
+        let services = Mutex::new(ServiceMaps::open(pin_dir)?);
         Ok(Datapath {
+            services,
             pod,
             host,
             pin_dir: pin_dir.to_path_buf(),
@@ -266,6 +283,44 @@ impl Datapath {
     /// See [`DatapathMaps::drop_counters`].
     pub fn drop_counters(&self) -> Result<Vec<DropCount>, BpfError> {
         self.maps.drop_counters()
+    }
+
+    fn services(&self) -> MutexGuard<'_, ServiceMaps> {
+        // A panic mid-sync leaves the maps consistent for the datapath (every write is
+        // atomic per frontend); the next sync reads them back.
+        let guard = self.services.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            guard.forget_state();
+            guard
+        });
+        self.services.clear_poison();
+        guard
+    }
+
+    /// Makes the service maps hold exactly `table`: see [`ServiceMaps::sync`].
+    pub fn sync_services(&self, table: &ServiceTable) -> Result<SyncStats, BpfError> {
+        self.services().sync(table)
+    }
+
+    /// What the service maps hold, as a table: see [`ServiceMaps::dump`].
+    pub fn dump_services(&self) -> Result<ServiceTable, BpfError> {
+        self.services().dump()
+    }
+
+    /// Every service conntrack entry.
+    pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>, BpfError> {
+        self.services().conntrack()
+    }
+
+    /// Forgets every connection to `backend` over `proto`: see
+    /// [`ServiceMaps::flush_conntrack_backend`]. [`Datapath::sync_services`] already
+    /// does this for UDP backends a service loses.
+    pub fn flush_conntrack_backend(
+        &self,
+        backend: SocketAddrV4,
+        proto: L4Proto,
+    ) -> Result<usize, BpfError> {
+        self.services().flush_conntrack_backend(backend, proto)
     }
 
     /// A reader of this node's events (one reader per node: see [`crate::events`]).

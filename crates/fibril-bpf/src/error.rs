@@ -115,6 +115,24 @@ pub enum BpfError {
     PinnedLink { path: PathBuf, source: LinkError },
     #[error("map {}: {source}", path.display())]
     Map { path: PathBuf, source: MapError },
+    #[error("service table refused: {}", join(problems))]
+    InvalidServiceTable {
+        problems: Vec<crate::services::TableProblem>,
+    },
+    #[error("{} holds a {what} with an unknown {field} {value}: is the reader older than the writer?", path.display())]
+    BadServiceMapEntry {
+        path: PathBuf,
+        what: String,
+        field: &'static str,
+        value: u32,
+    },
+    #[error("{}: the service entry of {frontend} has no {part} {index}", path.display())]
+    MissingServicePart {
+        path: PathBuf,
+        frontend: String,
+        part: &'static str,
+        index: u32,
+    },
 }
 
 /// One problem with a [`DatapathConfig`](crate::DatapathConfig), naming its field.
@@ -129,7 +147,7 @@ pub enum ConfigProblem {
     TunnelIfindex,
 }
 
-fn join(problems: &[ConfigProblem]) -> String {
+fn join<T: ToString>(problems: &[T]) -> String {
     problems
         .iter()
         .map(ToString::to_string)

@@ -118,6 +118,14 @@ code_enum! {
             "rewriting the packet's headers failed";
         Redirect = shared::FIBRIL_DROP_REDIRECT, "redirect",
             "the redirect helper refused";
+        SvcNoBackend = shared::FIBRIL_DROP_SVC_NO_BACKEND, "svc_no_backend",
+            "the service has no backend: answered with a TCP RST or ICMP port unreachable";
+        SvcBackendGone = shared::FIBRIL_DROP_SVC_BACKEND_GONE, "svc_backend_gone",
+            "the service's backends were replaced while the packet was in flight";
+        NatNoPort = shared::FIBRIL_DROP_NAT_NO_PORT, "nat_no_port",
+            "no free source port for a masqueraded service connection";
+        CtCreate = shared::FIBRIL_DROP_CT_CREATE, "ct_create",
+            "the conntrack entry of a new service connection could not be written";
     }
 }
 
@@ -160,7 +168,8 @@ pub enum Verdict {
     Forwarded(ForwardPath),
     /// Handed to the node's stack unchanged (`TC_ACT_OK`).
     Passed(PassReason),
-    /// Dropped (`TC_ACT_SHOT`).
+    /// Dropped (`TC_ACT_SHOT`); or, for [`DropReason::SvcNoBackend`], consumed and
+    /// answered with a TCP RST or ICMP port unreachable.
     Dropped(DropReason),
 }
 

@@ -3,6 +3,8 @@
 //! - [`datapath`]: the forwarding datapath of a node ([`Datapath`]): pod, underlay and
 //!   tunnel programs, configured at load time;
 //! - [`maps`]: endpoints, ipcache and drop counters as typed values ([`DatapathMaps`]);
+//! - [`services`]: the kube-proxy replacement's maps (frontends, backends, affinity,
+//!   conntrack), synced from a [`fibril_core::services::ServiceTable`] ([`ServiceMaps`]);
 //! - [`events`]: the ring buffer of forwarded, passed and dropped packets
 //!   ([`EventReader`]);
 //! - [`pod`]: per-endpoint counters without forwarding ([`PodCounters`], the bridge-CNI
@@ -22,6 +24,7 @@ pub mod hook;
 mod loader;
 pub mod maps;
 pub mod pod;
+pub mod services;
 pub mod shared;
 pub mod tcx;
 
@@ -33,4 +36,7 @@ pub use hook::Hook;
 pub use loader::{HOST_OBJECT, POD_OBJECT};
 pub use maps::{DatapathMaps, DropCount, Endpoint, Identity, MacAddr, ParseMacError, Remote};
 pub use pod::{read_endpoint_counters, EndpointCounters, PodCounters};
+pub use services::{
+    ConntrackEntry, CtDirection, ServiceMaps, SkipReason, Skipped, SyncStats, SERVICE_LOOPBACK,
+};
 pub use tcx::{link_dir, pinned_link, tcx_programs, LinkIds};

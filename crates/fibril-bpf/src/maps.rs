@@ -203,7 +203,7 @@ impl std::fmt::Debug for DatapathMaps {
     }
 }
 
-fn open_pinned<T>(
+pub(crate) fn open_pinned<T>(
     pin_dir: &Path,
     name: &str,
     convert: impl FnOnce(Map) -> Result<T, MapError>,
@@ -220,7 +220,7 @@ fn open_pinned<T>(
 }
 
 /// Whether a delete failed only because the key was absent.
-fn is_not_found(e: &MapError) -> bool {
+pub(crate) fn is_not_found(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.kind() == io::ErrorKind::NotFound,

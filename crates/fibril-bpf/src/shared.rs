@@ -29,6 +29,16 @@ unsafe impl aya::Pod for fibril_endpoint_key {}
 unsafe impl aya::Pod for fibril_endpoint {}
 unsafe impl aya::Pod for fibril_remote {}
 unsafe impl aya::Pod for fibril_drop_stats {}
+unsafe impl aya::Pod for fibril_svc_key {}
+unsafe impl aya::Pod for fibril_svc {}
+unsafe impl aya::Pod for fibril_backend_key {}
+unsafe impl aya::Pod for fibril_backend {}
+unsafe impl aya::Pod for fibril_svc_member_key {}
+unsafe impl aya::Pod for fibril_affinity_key {}
+unsafe impl aya::Pod for fibril_affinity {}
+unsafe impl aya::Pod for fibril_svc_meta {}
+unsafe impl aya::Pod for fibril_ct_key {}
+unsafe impl aya::Pod for fibril_ct_entry {}
 
 /// Key of the endpoint counter map.
 pub type EpKey = fibril_ep_key;
@@ -57,6 +67,18 @@ pub const MAP_EVENTS: &str = name(FIBRIL_MAP_EVENTS_NAME);
 pub const MAP_DROPS: &str = name(FIBRIL_MAP_DROPS_NAME);
 /// Per-CPU count of events lost to a full ring buffer.
 pub const MAP_EVENTS_LOST: &str = name(FIBRIL_MAP_EVENTS_LOST_NAME);
+/// Service frontends: [`fibril_svc_key`] -> [`fibril_svc`].
+pub const MAP_SERVICES: &str = name(FIBRIL_MAP_SERVICES_NAME);
+/// Service backends: [`fibril_backend_key`] -> [`fibril_backend`].
+pub const MAP_BACKENDS: &str = name(FIBRIL_MAP_BACKENDS_NAME);
+/// Backend membership of affinity services: [`fibril_svc_member_key`] -> slot.
+pub const MAP_SVC_MEMBERS: &str = name(FIBRIL_MAP_SVC_MEMBERS_NAME);
+/// Session affinity (LRU): [`fibril_affinity_key`] -> [`fibril_affinity`].
+pub const MAP_AFFINITY: &str = name(FIBRIL_MAP_AFFINITY_NAME);
+/// Service names by id: `u32` -> [`fibril_svc_meta`].
+pub const MAP_SVC_META: &str = name(FIBRIL_MAP_SVC_META_NAME);
+/// Conntrack of service connections (LRU): [`fibril_ct_key`] -> [`fibril_ct_entry`].
+pub const MAP_CT: &str = name(FIBRIL_MAP_CT_NAME);
 
 /// tc ingress program on the host-side pod veth (packets from the pod).
 pub const PROG_FROM_POD: &str = name(FIBRIL_PROG_FROM_POD_NAME);
@@ -75,6 +97,12 @@ pub const MAP_NAMES: &[&str] = &[
     MAP_EVENTS,
     MAP_DROPS,
     MAP_EVENTS_LOST,
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_SVC_MEMBERS,
+    MAP_AFFINITY,
+    MAP_SVC_META,
+    MAP_CT,
 ];
 /// Every program of `pod.bpf.o`.
 pub const POD_PROGRAM_NAMES: &[&str] = &[PROG_FROM_POD, PROG_TO_POD];
@@ -132,5 +160,17 @@ mod tests {
         let fields = 8 + 8 * 4 + 3 * 2 + 4 + 6;
         assert_eq!(size_of::<fibril_event>(), fields);
         assert_eq!(size_of::<fibril_endpoint>(), 4 + 4 + 6 + 6 + 4);
+        assert_eq!(size_of::<fibril_svc_key>(), 4 + 2 + 1 + 1);
+        assert_eq!(size_of::<fibril_svc>(), 4 + 2 + 2 + 4 + 1 + 1 + 2);
+        assert_eq!(size_of::<fibril_backend_key>(), 4 + 2 + 2);
+        assert_eq!(size_of::<fibril_backend>(), 4 + 2 + 1 + 1);
+        assert_eq!(size_of::<fibril_svc_member_key>(), 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<fibril_affinity_key>(), 4 + 4);
+        assert_eq!(size_of::<fibril_affinity>(), 8 + 8);
+        assert_eq!(size_of::<fibril_ct_key>(), 4 + 4 + 2 + 2 + 1 + 3);
+        assert_eq!(
+            size_of::<fibril_ct_entry>(),
+            8 + 4 + 4 + 2 + 2 + 4 + 1 + 1 + 6
+        );
     }
 }

@@ -44,6 +44,8 @@ const DPORT: u16 = 8080;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+mod services;
+
 /// A pin dir on bpffs, removed on drop.
 struct Pins(PathBuf);
 

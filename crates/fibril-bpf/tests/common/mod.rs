@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod cluster;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name with the `fibt` test prefix: `fibt<pid><seq><tag>`, short enough for
