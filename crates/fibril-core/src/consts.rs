@@ -48,3 +48,25 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub const LOG_QUIET_DEPS: &str = "netlink_packet_route=error";
 /// Default log filter of lab components (their logs go to the lab's log dir).
 pub const COMPONENT_LOG_FILTER: &str = "info,netlink_packet_route=error";
+
+/// `options ndots:N` in the resolv.conf kubelet writes for dnsPolicy ClusterFirst (and the
+/// value `fibril doctor` assumes when a pod sets none).
+pub const CLUSTER_DNS_NDOTS: u8 = 5;
+/// The built-in cluster DNS image: the lab kubelet runs `fibril lab workload dns` for it.
+pub const DNS_IMAGE: &str = "fibril/dns";
+/// Namespace of the cluster add-ons (DNS).
+pub const KUBE_SYSTEM_NAMESPACE: &str = "kube-system";
+/// The cluster DNS Service, as every cluster names it.
+pub const KUBE_DNS_SERVICE: &str = "kube-dns";
+/// The cluster DNS Deployment the lab runs (CoreDNS's place).
+pub const DNS_DEPLOYMENT: &str = "fibril-dns";
+/// `k8s-app` label value of the DNS pods and the kube-dns Service's selector.
+pub const KUBE_DNS_APP_LABEL: &str = "kube-dns";
+/// DNS port, UDP and TCP.
+pub const DNS_PORT: u16 = 53;
+/// Default TTL of cluster DNS answers, in seconds (CoreDNS's default).
+pub const DNS_TTL_SECONDS: u32 = 30;
+/// HTTP readiness endpoint of the DNS server (CoreDNS's `ready` plugin port and path):
+/// 200 once Services and EndpointSlices are synced.
+pub const DNS_READY_PORT: u16 = 8181;
+pub const DNS_READY_PATH: &str = "/ready";

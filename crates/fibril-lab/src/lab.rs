@@ -204,7 +204,8 @@ pub async fn up(
         }
         progress("starting the supervisor (API server, controllers, kubelets, node agents)");
         spawn_supervisor(&layout, &fibril_exe)?;
-        wait_ready(&layout, timeout, progress).await
+        wait_ready(&layout, timeout, progress).await?;
+        crate::addons::install(&layout, timeout, progress).await
     }
     .await;
     if let Err(e) = res {

@@ -4,6 +4,7 @@
 //! server and controllers, N node netns each running a kubelet and a node agent, and a
 //! world netns behind a router. Nothing is added to the root network namespace.
 
+pub mod addons;
 pub mod cni;
 pub mod controllers;
 pub mod fibril_cni;

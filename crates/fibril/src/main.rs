@@ -184,6 +184,24 @@ enum WorkloadCommand {
         #[arg(long)]
         udp: Vec<u16>,
     },
+    /// fibril/dns: the cluster DNS server (Services and EndpointSlices from the API server).
+    Dns {
+        /// The API server's unix socket (how the lab's DNS pod reaches it).
+        #[arg(long, conflicts_with = "api_url", required_unless_present = "api_url")]
+        api_socket: Option<PathBuf>,
+        /// The API server's URL, when the pod network reaches it.
+        #[arg(long)]
+        api_url: Option<String>,
+        #[arg(long, default_value_t = fibril_core::consts::DNS_PORT)]
+        port: u16,
+        #[arg(long, default_value_t = fibril_core::consts::DNS_READY_PORT)]
+        ready_port: u16,
+        #[arg(long, default_value = fibril_core::consts::CLUSTER_DOMAIN)]
+        domain: String,
+        /// TTL of answers (and of cached negative answers), in seconds.
+        #[arg(long, default_value_t = fibril_core::consts::DNS_TTL_SECONDS)]
+        ttl: u32,
+    },
 }
 
 #[derive(Args)]
@@ -325,6 +343,30 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             })
             .await
             .map(|_| ok),
+            LabCommand::Workload(WorkloadCommand::Dns {
+                api_socket,
+                api_url,
+                port,
+                ready_port,
+                domain,
+                ttl,
+            }) => {
+                use fibril_lab::workload::{run_dns, ApiEndpoint, DnsConfig};
+                let api = match (api_socket, api_url) {
+                    (Some(p), _) => ApiEndpoint::Socket(p),
+                    (None, Some(u)) => ApiEndpoint::Url(u),
+                    (None, None) => anyhow::bail!("--api-socket or --api-url is required"),
+                };
+                run_dns(DnsConfig {
+                    api,
+                    port,
+                    ready_port,
+                    domain,
+                    ttl,
+                })
+                .await
+                .map(|_| ok)
+            }
         },
         // `--lab` reads namespaces through blocking netlink calls.
         Command::Doctor(args) => tokio::task::spawn_blocking(move || doctor_cmd::run(args)).await?,

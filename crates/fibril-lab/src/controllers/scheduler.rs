@@ -1,6 +1,7 @@
 //! The scheduler: binds pods without `spec.nodeName` to a Ready, schedulable node that
-//! matches their `nodeSelector`, spreading by the fewest non-terminated pods (ties by
-//! node name). Pods that fit nowhere get `PodScheduled=False, reason=Unschedulable`
+//! matches their `nodeSelector`, spreading first by the fewest pods of the same owner
+//! (upstream's default topology spreading of a ReplicaSet's pods over hostnames), then by
+//! the fewest non-terminated pods (ties by node name). Pods that fit nowhere get `PodScheduled=False, reason=Unschedulable`
 //! with upstream's "0/N nodes are available: …" message.
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,8 @@ pub struct NodeCandidate {
     pub unschedulable: bool,
     /// Non-terminated pods bound to the node.
     pub pods: usize,
+    /// Of those, the pods with the same controller as the pod being scheduled.
+    pub siblings: usize,
 }
 
 impl NodeCandidate {
@@ -40,6 +43,7 @@ impl NodeCandidate {
                 .and_then(|s| s.unschedulable)
                 .unwrap_or(false),
             pods,
+            siblings: 0,
         }
     }
 }
@@ -93,7 +97,7 @@ pub fn pick_node(
     }
     if let Some(best) = fits
         .into_iter()
-        .min_by(|a, b| a.pods.cmp(&b.pods).then_with(|| a.name.cmp(&b.name)))
+        .min_by(|a, b| (a.siblings, a.pods, &a.name).cmp(&(b.siblings, b.pods, &b.name)))
     {
         return Ok(best.name.clone());
     }
@@ -106,6 +110,16 @@ pub fn pick_node(
         nodes.len(),
         reasons.join(", ")
     ))
+}
+
+/// The uid of the pod's controller (its Deployment here, its ReplicaSet upstream).
+fn controller_uid(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
 }
 
 /// Whether this scheduler is responsible for the pod and it still needs a node.
@@ -170,10 +184,15 @@ pub async fn reconcile(client: Client) -> Result<(), ControllerError> {
         .items;
 
     let mut load: HashMap<String, usize> = HashMap::new();
+    // (node, controller uid) → pods.
+    let mut owned: HashMap<(String, String), usize> = HashMap::new();
     for p in &pods {
         if let Some(n) = podutil::node_name(p) {
             if !podutil::is_terminal(p) {
                 *load.entry(n.to_string()).or_default() += 1;
+                if let Some(uid) = controller_uid(p) {
+                    *owned.entry((n.to_string(), uid)).or_default() += 1;
+                }
             }
         }
     }
@@ -200,12 +219,23 @@ pub async fn reconcile(client: Client) -> Result<(), ControllerError> {
             .as_ref()
             .and_then(|s| s.node_selector.clone())
             .unwrap_or_default();
+        let owner = controller_uid(pod);
+        for c in &mut candidates {
+            c.siblings = owner
+                .as_ref()
+                .and_then(|uid| owned.get(&(c.name.clone(), uid.clone())))
+                .copied()
+                .unwrap_or(0);
+        }
         let res = match pick_node(&selector, &candidates) {
             Ok(node) => {
                 let r = bind(&client, pod, &node).await;
                 if r.is_ok() {
                     if let Some(c) = candidates.iter_mut().find(|c| c.name == node) {
                         c.pods += 1;
+                    }
+                    if let Some(uid) = owner {
+                        *owned.entry((node, uid)).or_default() += 1;
                     }
                 }
                 r
@@ -293,7 +323,17 @@ mod tests {
             ready: true,
             unschedulable: false,
             pods,
+            siblings: 0,
         }
+    }
+
+    #[test]
+    fn spreads_a_controllers_pods_before_balancing_load() {
+        // n1 runs two unrelated pods, n2 one of this Deployment's: n1 gets the next one.
+        let mut sibling = node("n2", 1);
+        sibling.siblings = 1;
+        let nodes = [node("n1", 2), sibling, node("n3", 3)];
+        assert_eq!(pick_node(&BTreeMap::new(), &nodes).unwrap(), "n1");
     }
 
     #[test]

@@ -78,7 +78,7 @@ fn cluster_dns(layout: &LabLayout, ns: &str) -> DnsParts {
     (
         vec![layout.cluster_dns_ip().to_string()],
         vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.to_string()],
-        vec![("ndots".into(), Some("5".into()))],
+        vec![("ndots".into(), Some(consts::CLUSTER_DNS_NDOTS.to_string()))],
     )
 }
 
@@ -104,7 +104,8 @@ pub enum SpecError {
 
 /// The argv a container runs (before `ip netns exec`): `command` + `args` run host
 /// binaries; the built-in `fibril/echo` image runs the echo workload on the
-/// container's ports. `$(VAR)` references are expanded from `env` as upstream does.
+/// container's ports, and `fibril/dns` the cluster DNS server with the container's
+/// args. `$(VAR)` references are expanded from `env` as upstream does.
 pub fn container_argv(
     pod: &Pod,
     c: &Container,
@@ -120,14 +121,17 @@ pub fn container_argv(
             .collect());
     }
     let image = c.image.clone().unwrap_or_default();
+    if image_base(&image) == consts::DNS_IMAGE {
+        // The image's entrypoint, then the container's args, as a runtime would.
+        let mut argv = workload_argv(ctx, "dns");
+        argv.extend(c.args.iter().flatten().map(expand));
+        return Ok(argv);
+    }
     if image_base(&image) != consts::ECHO_IMAGE {
         return Err(SpecError::NoEntrypoint { image });
     }
-    let mut argv = vec![
-        ctx.fibril_exe.display().to_string(),
-        "lab".into(),
-        "workload".into(),
-        "echo".into(),
+    let mut argv = workload_argv(ctx, "echo");
+    argv.extend([
         "--pod-name".into(),
         pod.metadata.name.clone().unwrap_or_default(),
         "--pod-namespace".into(),
@@ -137,12 +141,22 @@ pub fn container_argv(
             .unwrap_or_else(|| "default".into()),
         "--node".into(),
         ctx.node_name.into(),
-    ];
+    ]);
     for (flag, port) in echo_ports(c)? {
         argv.push(flag.into());
         argv.push(port.to_string());
     }
     Ok(argv)
+}
+
+/// `fibril lab workload <name>`: the entrypoint of a built-in image.
+fn workload_argv(ctx: &RunContext<'_>, name: &str) -> Vec<String> {
+    vec![
+        ctx.fibril_exe.display().to_string(),
+        "lab".into(),
+        "workload".into(),
+        name.into(),
+    ]
 }
 
 /// The image name without tag or digest: `fibril/echo:1.0` → `fibril/echo`.
@@ -422,6 +436,23 @@ mod tests {
         );
         assert!(is_echo(&c));
         assert_eq!(echo_tcp_ports(&c), vec![8080, 9000]);
+    }
+
+    #[test]
+    fn dns_image_runs_the_dns_workload_with_its_args() {
+        let c = Container {
+            name: "dns".into(),
+            image: Some("fibril/dns:latest".into()),
+            args: Some(vec!["--api-socket".into(), "/run/x/api.sock".into()]),
+            ..Default::default()
+        };
+        let p = pod("kube-system", PodSpec::default());
+        let argv = container_argv(&p, &c, &ctx(), &BTreeMap::new()).unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "/usr/bin/fibril lab workload dns --api-socket /run/x/api.sock"
+        );
+        assert!(!is_echo(&c));
     }
 
     #[test]
