@@ -326,6 +326,44 @@ async fn serves_the_cluster_zone_and_follows_changes() {
     )
     .await;
 
+    // An answer too big for plain UDP (512 bytes) says so (TC), and TCP carries it whole.
+    let endpoints: Vec<serde_json::Value> = (1..=100)
+        .map(|i| json!({"addresses": [format!("10.244.7.{i}")], "conditions": {"ready": true}}))
+        .collect();
+    services
+        .create(
+            &pp,
+            &service(json!({
+                "metadata": {"name": "big", "namespace": "shop"},
+                "spec": {"clusterIP": "None"}
+            })),
+        )
+        .await
+        .unwrap();
+    slices
+        .create(
+            &pp,
+            &slice(json!({
+                "metadata": {"name": "big-1", "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": "big"}},
+                "addressType": "IPv4",
+                "endpoints": endpoints
+            })),
+        )
+        .await
+        .unwrap();
+    within("the big Service resolves", UPDATE_WINDOW, || async {
+        tcp(dns, "big.shop.svc.cluster.local.", RecordType::A)
+            .await
+            .answers
+            .len()
+            == 100
+    })
+    .await;
+    let m = udp(dns, "big.shop.svc.cluster.local.", RecordType::A).await;
+    assert!(m.metadata.truncation, "{:?}", m.metadata);
+    assert!(m.answers.len() < 100);
+
     assert!(
         !serving.is_finished(),
         "the server stopped: {:?}",
