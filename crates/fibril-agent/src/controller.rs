@@ -24,7 +24,7 @@ use crate::endpoint;
 use crate::ipam::{node_subnets, route_infos, NodeIpam};
 use crate::status::{
     status_socket_path, AgentStatus, ApiStatus, EndpointStatus, IpamStatus, PeerStatus,
-    TunnelStatus,
+    ServicesStatus, TunnelStatus,
 };
 
 /// The VXLAN device of tunnel mode.
@@ -56,6 +56,8 @@ struct Runtime {
     startup_problems: Vec<String>,
     /// Drift found by the last reconcile.
     problems: Vec<String>,
+    /// Published by the services loop.
+    services: Option<ServicesStatus>,
 }
 
 /// One peer as the loop uses it.
@@ -206,7 +208,7 @@ async fn main_loop(
 ) -> anyhow::Result<()> {
     let config = agent.config().clone();
     let node_name = config.node_name.as_str().to_string();
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     let (reader, writer) = reflector::store::<Node>();
     let rt = runtime.clone();
     let watch = watcher(nodes, watcher::Config::default())
@@ -424,6 +426,15 @@ async fn main_loop(
         st.conflist = Some(path);
         st.startup_problems = problems;
     }
+    let _services = {
+        let rt = runtime.clone();
+        AbortOnDrop(tokio::spawn(crate::services::run(
+            agent.clone(),
+            client,
+            own_ip,
+            move |s| rt.lock().unwrap_or_else(|p| p.into_inner()).services = Some(s),
+        )))
+    };
 
     // 6. Keep routes and status current.
     let mut installed: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
@@ -763,6 +774,9 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
         })
         .collect();
     problems.extend(rt.problems.iter().cloned());
+    if let Some(e) = rt.services.as_ref().and_then(|s| s.sync_error.as_ref()) {
+        problems.push(format!("service maps: the last sync failed: {e}"));
+    }
     if ipam.exhausted {
         problems.push(format!(
             "pod CIDR {} is exhausted: new pods on this node get no address",
@@ -787,6 +801,7 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
         api: rt.api.clone(),
         nodes: rt.peers.values().cloned().collect(),
         conflist: rt.conflist.clone(),
+        services: rt.services.clone(),
         problems,
     }
 }

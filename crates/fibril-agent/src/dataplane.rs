@@ -10,6 +10,8 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use fibril_bpf::SyncStats;
+use fibril_core::services::ServiceTable;
 use fibril_netlink::{MacAddr, NetNs};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -106,6 +108,15 @@ pub trait Dataplane: Send {
     /// Packets the datapath dropped, by reason (none for a dataplane that does not drop).
     fn drops(&self) -> Result<Vec<DropStatus>, DataplaneError> {
         Ok(Vec::new())
+    }
+    /// Makes the service maps hold exactly `table` (the kube-proxy replacement).
+    fn sync_services(&mut self, table: &ServiceTable) -> Result<SyncStats, DataplaneError> {
+        let _ = table;
+        Err(DataplaneError::Unsupported {
+            backend: self.name(),
+            what: "load-balance Services",
+            why: "Services need the BPF datapath's service maps",
+        })
     }
 }
 
@@ -381,6 +392,15 @@ impl Dataplane for BpfDataplane {
 
     fn pin_dir(&self) -> &Path {
         self.dp.pin_dir()
+    }
+
+    fn sync_services(&mut self, table: &ServiceTable) -> Result<SyncStats, DataplaneError> {
+        self.dp.sync_services(table).map_err(|e| {
+            bpf_err(
+                "syncing the service maps in",
+                self.dp.pin_dir().display().to_string(),
+            )(Box::new(e))
+        })
     }
 
     fn drops(&self) -> Result<Vec<DropStatus>, DataplaneError> {

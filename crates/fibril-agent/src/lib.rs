@@ -12,6 +12,8 @@
 //!   ipcache entries (tunnel);
 //! - the **dataplane** behind the [`dataplane::Dataplane`] seam, strict by default: legacy
 //!   host routing is refused unless `allowDegraded` (seed 001);
+//! - **Services** ([`services`]): Services and EndpointSlices translated for this node
+//!   and synced into the datapath's service maps (the kube-proxy replacement);
 //! - the **status socket** ([`status`]) that `fibril status` reads.
 //!
 //! The agent runs inside its node's network namespace in the lab; every netlink change
@@ -26,6 +28,7 @@ pub mod ipam;
 pub mod persist;
 pub mod probe;
 pub mod server;
+pub mod services;
 pub mod status;
 
 pub use agent::{Agent, Readiness};

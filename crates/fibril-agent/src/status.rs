@@ -49,8 +49,83 @@ pub struct AgentStatus {
     pub nodes: Vec<PeerStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflist: Option<PathBuf>,
+    /// Service load balancing (absent until the agent is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServicesStatus>,
     /// Everything currently wrong that did not stop the agent.
     pub problems: Vec<String>,
+}
+
+/// Service load balancing on this node: what was translated and synced, and what is wrong.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesStatus {
+    /// Set while nothing is synced yet: what the agent waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// Services programmed.
+    pub services: usize,
+    /// Frontends (address, port, protocol and scope) in the table.
+    pub frontends: usize,
+    /// Distinct backends (address and port).
+    pub backends: usize,
+    /// Frontends with no usable backend: they reject.
+    pub without_backends: usize,
+    /// Services not programmed, and why (headless, ExternalName, another proxy's).
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// What is wrong with Services, each naming the Service and the field (refused
+    /// externalIPs among them).
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Frontends the datapath does not program, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datapath_skipped: Vec<String>,
+    /// When the maps were last written (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_ms: Option<f64>,
+    /// The last sync failed: why (it is retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_error: Option<String>,
+}
+
+impl ServicesStatus {
+    /// The human form: one summary line, then one line per problem.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let summary = match &self.waiting_for {
+            Some(w) => format!("waiting for {w}"),
+            None => format!(
+                "{} programmed, {} frontends ({} without backends), {} backends{}",
+                self.services,
+                self.frontends,
+                self.without_backends,
+                self.backends,
+                self.last_sync
+                    .as_ref()
+                    .map(|t| format!(", last sync {t}"))
+                    .unwrap_or_default()
+            ),
+        };
+        out.push_str(&format!("{:<16}{summary}\n", "Services:"));
+        if let Some(e) = &self.sync_error {
+            out.push_str(&format!("  SYNC FAILING: {e}\n"));
+        }
+        if let Some(e) = &self.watch_error {
+            out.push_str(&format!("  watch: {e}\n"));
+        }
+        for s in &self.skipped {
+            out.push_str(&format!("  skipped: {s}\n"));
+        }
+        for p in self.problems.iter().chain(&self.datapath_skipped) {
+            out.push_str(&format!("  problem: {p}\n"));
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -283,6 +358,9 @@ impl AgentStatus {
         }
         if let Some(c) = &self.conflist {
             out.push_str(&format!("{:<16}{}\n", "CNI config:", c.display()));
+        }
+        if let Some(s) = &self.services {
+            out.push_str(&s.render());
         }
         for p in &self.problems {
             out.push_str(&format!("{:<16}{p}\n", "Problem:"));

@@ -2,7 +2,8 @@
 
 use anyhow::Context as _;
 
-use fibril_core::lab::LabName;
+use fibril_core::lab::{LabLayout, LabName};
+use fibril_core::services::ServiceEntry;
 use fibril_lab::lab::LabRecord;
 
 use crate::output;
@@ -27,11 +28,8 @@ struct EndpointRow {
     to_pod_bytes: u64,
 }
 
-pub async fn counters(
-    name: &LabName,
-    node: Option<&str>,
-    format: OutputFormat,
-) -> anyhow::Result<()> {
+/// The lab's layout and the nodes asked for (one, or all).
+fn lab_nodes(name: &LabName, node: Option<&str>) -> anyhow::Result<(LabLayout, Vec<String>)> {
     let record = LabRecord::require(name)?;
     let layout = record.layout();
     let nodes: Vec<String> = match node {
@@ -43,6 +41,15 @@ pub async fn counters(
         }
         None => layout.node_names(),
     };
+    Ok((layout, nodes))
+}
+
+pub async fn counters(
+    name: &LabName,
+    node: Option<&str>,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let (layout, nodes) = lab_nodes(name, node)?;
     let mut out = Vec::new();
     for n in nodes {
         let pin_dir = layout.node_bpf_pin_dir(&n);
@@ -94,6 +101,96 @@ pub async fn counters(
                         e.from_pod_bytes.to_string(),
                         e.to_pod_packets.to_string(),
                         e.to_pod_bytes.to_string(),
+                    ]);
+                }
+            }
+            output::table(&rows);
+        }
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeServices {
+    node: String,
+    pin_dir: std::path::PathBuf,
+    /// The service maps as a table: one entry per frontend and scope.
+    entries: Vec<ServiceEntry>,
+}
+
+/// `fibril bpf services`: what each node's service maps hold.
+pub fn services(name: &LabName, node: Option<&str>, format: OutputFormat) -> anyhow::Result<()> {
+    let (layout, nodes) = lab_nodes(name, node)?;
+    let mut out = Vec::new();
+    for n in nodes {
+        let pin_dir = layout.node_bpf_pin_dir(&n);
+        let what = || {
+            format!(
+                "reading the service maps of {n} from {} (is the node's agent running with \
+                 --cni fibril?)",
+                pin_dir.display()
+            )
+        };
+        let table = fibril_bpf::ServiceMaps::open(&pin_dir)
+            .with_context(what)?
+            .dump()
+            .with_context(what)?;
+        out.push(NodeServices {
+            node: n,
+            pin_dir,
+            entries: table.entries,
+        });
+    }
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&out)?),
+        _ => {
+            let mut rows = vec![vec![
+                "NODE".to_string(),
+                "SERVICE".into(),
+                "PORT".into(),
+                "KIND".into(),
+                "SCOPE".into(),
+                "FRONTEND".into(),
+                "BACKENDS".into(),
+                "AFFINITY".into(),
+            ]];
+            for n in &out {
+                for e in &n.entries {
+                    let backends = if e.backends.is_empty() {
+                        "(none: rejects)".to_string()
+                    } else {
+                        e.backends
+                            .iter()
+                            .map(|b| {
+                                let mut s = format!("{}:{}", b.ip, b.port);
+                                if b.local {
+                                    s.push_str("(local)");
+                                }
+                                if b.terminating {
+                                    s.push_str("(terminating)");
+                                }
+                                s
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    rows.push(vec![
+                        n.node.clone(),
+                        e.service.to_string(),
+                        if e.port_name.is_empty() {
+                            "-".into()
+                        } else {
+                            e.port_name.clone()
+                        },
+                        format!("{:?}", e.kind),
+                        format!("{:?}", e.scope),
+                        e.frontend.to_string(),
+                        backends,
+                        e.affinity_timeout_secs
+                            .map(|t| format!("ClientIP {t}s"))
+                            .unwrap_or_else(|| "-".into()),
                     ]);
                 }
             }

@@ -241,6 +241,16 @@ enum BpfCommand {
         #[arg(short, long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
+    /// The Services a lab node's datapath load-balances (frontends and their backends),
+    /// read from its pinned service maps.
+    Services {
+        #[command(flatten)]
+        lab: LabSel,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
 }
 
 fn init_tracing() {
@@ -389,6 +399,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             bpf_cmd::counters(&lab.name, node.as_deref(), output)
                 .await
                 .map(|_| ok)
+        }
+        Command::Bpf(BpfCommand::Services { lab, node, output }) => {
+            bpf_cmd::services(&lab.name, node.as_deref(), output).map(|_| ok)
         }
     }
 }
