@@ -137,9 +137,20 @@ fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
-#[test]
-#[ignore = "privileged: needs root, netns and BPF (a whole lab)"]
-fn cluster_dns_serves_services_to_pods() {
+/// A lab with cluster DNS checked as `lab up` left it, and the demo app deployed.
+struct Demo {
+    lab: Lab,
+    /// The DNS pod's own address.
+    dns_ip: String,
+    /// The echo Service's ClusterIP.
+    echo_ip: String,
+    /// The echo pods' addresses, sorted.
+    echo_ips: Vec<String>,
+    /// The echo pods' names.
+    echo_names: BTreeSet<String>,
+}
+
+fn deploy_demo() -> Demo {
     ensure_fibril_cni();
     let lab = Lab::up(2, &["--cni", "fibril"]);
 
@@ -197,15 +208,17 @@ fn cluster_dns_serves_services_to_pods() {
         let items = items(&lab.json(&["lab", "get", "pods", "-n", "demo", "-o", "json"]));
         (items.len() == 4 && items.iter().all(ready)).then_some(items)
     });
-    let echo_ips: Vec<String> = {
-        let mut v: Vec<String> = pods
-            .iter()
+    let echo = || {
+        pods.iter()
             .filter(|p| p["metadata"]["labels"]["app"] == "echo")
-            .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
-            .collect();
-        v.sort();
-        v
     };
+    let mut echo_ips: Vec<String> = echo()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    echo_ips.sort();
+    let echo_names: BTreeSet<String> = echo()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     let client = pods
         .iter()
         .find(|p| p["metadata"]["name"] == "client")
@@ -214,6 +227,26 @@ fn cluster_dns_serves_services_to_pods() {
     eprintln!("DNS pod {dns_ip} on {dns_node}; client cross-node: {cross_node}");
     let echo_svc = lab.json(&["lab", "get", "services", "echo", "-n", "demo", "-o", "json"]);
     let echo_ip = echo_svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    Demo {
+        lab,
+        dns_ip,
+        echo_ip,
+        echo_ips,
+        echo_names,
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and BPF (a whole lab)"]
+fn cluster_dns_serves_services_to_pods() {
+    let Demo {
+        lab,
+        dns_ip,
+        echo_ip,
+        echo_ips,
+        echo_names,
+        ..
+    } = deploy_demo();
 
     // The resolv.conf the kubelet wrote for ClusterFirst, as the pod's processes see it.
     assert_eq!(
@@ -308,11 +341,6 @@ fn cluster_dns_serves_services_to_pods() {
              nameserver {dns_ip}\noptions ndots:5\n"
         )
     );
-    let echo_names: BTreeSet<String> = pods
-        .iter()
-        .filter(|p| p["metadata"]["labels"]["app"] == "echo")
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
     for url in [
         "http://echo-hl.demo:8080/hostname",
         "http://echo-hl.demo.svc.cluster.local:8080/hostname",
@@ -326,4 +354,71 @@ fn cluster_dns_serves_services_to_pods() {
     }
     let hosts = lab.exec_in("resolver", &["getent", "ahostsv4", "echo.demo"]);
     assert!(hosts.contains(&echo_ip), "{hosts}");
+}
+
+/// Acceptance 2 of issue 4 end to end: the pod's own resolv.conf (nameserver = the kube-dns
+/// ClusterIP, through the BPF service datapath to the DNS pod), `dig` answering A and SRV,
+/// and curl reaching the echo Service by its full name, by `<svc>.<ns>` and by `<svc>`
+/// (the search path), also with an explicit port.
+#[test]
+#[ignore = "privileged: needs root, netns and BPF (a whole lab)"]
+fn pods_reach_services_by_name_through_the_kube_dns_cluster_ip() {
+    let Demo {
+        lab,
+        echo_ip,
+        echo_names,
+        ..
+    } = deploy_demo();
+
+    // The agents program Services once they have listed them: wait for the first answer
+    // through the ClusterIP, then every other check must hold at once.
+    let took = Instant::now();
+    wait_for(
+        "an answer through the kube-dns ClusterIP",
+        Duration::from_secs(30),
+        || {
+            (lab.dig_short(&["echo.demo.svc.cluster.local", "A"]) == vec![echo_ip.clone()])
+                .then_some(())
+        },
+    );
+    eprintln!("first answer via 10.96.0.10 after {:?}", took.elapsed());
+    let server = lab.exec_in(
+        "client",
+        &[
+            "dig",
+            "+time=2",
+            "+tries=1",
+            "echo.demo.svc.cluster.local",
+            "A",
+        ],
+    );
+    assert!(
+        server.contains("SERVER: 10.96.0.10#53(10.96.0.10) (UDP)"),
+        "{server}"
+    );
+    assert_eq!(
+        lab.dig_short(&["+tcp", "echo.demo.svc.cluster.local", "A"]),
+        vec![echo_ip.clone()]
+    );
+    assert_eq!(
+        lab.dig_short(&["_http._tcp.echo.demo.svc.cluster.local", "SRV"]),
+        vec!["0 100 80 echo.demo.svc.cluster.local.".to_string()]
+    );
+    assert_eq!(
+        lab.dig_short(&["+search", "echo.demo", "A"]),
+        vec![echo_ip.clone()]
+    );
+    for url in [
+        "http://echo.demo.svc.cluster.local/hostname",
+        "http://echo.demo.svc.cluster.local:80/hostname",
+        "http://echo.demo/hostname",
+        "http://echo.demo:80/hostname",
+        "http://echo/hostname",
+    ] {
+        let body = lab.exec_in("client", &["curl", "-sS", "--max-time", "5", url]);
+        assert!(
+            echo_names.contains(body.trim()),
+            "{url} answered {body:?}, not one of {echo_names:?}"
+        );
+    }
 }
