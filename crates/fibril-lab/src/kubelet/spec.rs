@@ -364,6 +364,39 @@ mod tests {
         );
     }
 
+    /// Seed 003's ndots fixture: the resolv.conf the lab kubelet writes for its pod has the
+    /// ndots that `fibril doctor`'s dns-ndots finding reports, so the doctor warns about what
+    /// the cluster really does.
+    #[test]
+    fn seed_003_ndots_matches_what_the_kubelet_writes() {
+        let text =
+            include_str!("../../../../tests/doctor/003-ndots-external-lookups/deployment.yaml");
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_yaml::from_str(text).unwrap();
+        let template = d.spec.template;
+        let p = Pod {
+            metadata: ObjectMeta {
+                namespace: d.metadata.namespace.clone(),
+                ..template.metadata.unwrap_or_default()
+            },
+            spec: template.spec,
+            status: None,
+        };
+        let resolv = resolv_conf(&layout(), &p).unwrap();
+        let ndots = format!("ndots:{}", consts::CLUSTER_DNS_NDOTS);
+        assert!(resolv.contains(&format!("options {ndots}\n")), "{resolv}");
+
+        let inputs = fibril_core::doctor::Inputs {
+            manifests: vec![fibril_core::doctor::TextInput::new("deployment.yaml", text)],
+            ..Default::default()
+        };
+        let findings = fibril_core::doctor::diagnose(&inputs);
+        let f = findings
+            .iter()
+            .find(|f| f.id == fibril_core::doctor::RuleId::DnsNdots)
+            .expect("the dns-ndots finding");
+        assert!(f.message.contains(&ndots), "{}", f.message);
+    }
+
     #[test]
     fn resolv_conf_honours_dns_policy_and_config() {
         let mut spec = PodSpec {
