@@ -120,6 +120,15 @@ impl Lab {
         lines
     }
 
+    /// `curl` from `pod` gets the name of one of the echo pods.
+    fn curl_echo(&self, pod: &str, url: &str, echo_names: &BTreeSet<String>) {
+        let body = self.exec_in(pod, &["curl", "-sS", "--max-time", "5", url]);
+        assert!(
+            echo_names.contains(body.trim()),
+            "{url} from {pod} answered {body:?}, not one of {echo_names:?}"
+        );
+    }
+
     /// The response code `dig` reports (`NOERROR`, `NXDOMAIN`, `REFUSED`, …).
     fn dig_status(&self, args: &[&str]) -> String {
         let mut cmd = vec!["dig", "+time=2", "+tries=1", "+noall", "+comments"];
@@ -346,11 +355,7 @@ fn cluster_dns_serves_services_to_pods() {
         "http://echo-hl.demo.svc.cluster.local:8080/hostname",
         "http://echo-hl:8080/hostname",
     ] {
-        let body = lab.exec_in("resolver", &["curl", "-sS", "--max-time", "5", url]);
-        assert!(
-            echo_names.contains(body.trim()),
-            "{url} answered {body:?}, not one of {echo_names:?}"
-        );
+        lab.curl_echo("resolver", url, &echo_names);
     }
     let hosts = lab.exec_in("resolver", &["getent", "ahostsv4", "echo.demo"]);
     assert!(hosts.contains(&echo_ip), "{hosts}");
@@ -415,10 +420,6 @@ fn pods_reach_services_by_name_through_the_kube_dns_cluster_ip() {
         "http://echo.demo:80/hostname",
         "http://echo/hostname",
     ] {
-        let body = lab.exec_in("client", &["curl", "-sS", "--max-time", "5", url]);
-        assert!(
-            echo_names.contains(body.trim()),
-            "{url} answered {body:?}, not one of {echo_names:?}"
-        );
+        lab.curl_echo("client", url, &echo_names);
     }
 }
