@@ -45,7 +45,7 @@ static __always_inline int route_to_local(struct __sk_buff *skb, __u8 hook)
 		return drop(skb, &f, FIBRIL_DROP_MALFORMED);
 	}
 
-	if (f.has_ports && parse_l4(skb, &f) == 0) {
+	if (l4_candidate(&f) && parse_l4(skb, &f) == 0) {
 		int verdict = lb_handle(skb, &f, 0);
 
 		if (verdict != LB_NOT_HANDLED)

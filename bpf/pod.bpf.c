@@ -56,7 +56,7 @@ static __always_inline int route_from_pod(struct __sk_buff *skb)
 		return drop(skb, &f, FIBRIL_DROP_MALFORMED);
 	}
 
-	if (f.has_ports && parse_l4(skb, &f) == 0) {
+	if (l4_candidate(&f) && parse_l4(skb, &f) == 0) {
 		int verdict = lb_handle(skb, &f, 1);
 
 		if (verdict != LB_NOT_HANDLED)
@@ -101,7 +101,7 @@ int FIBRIL_PROG_TO_POD(struct __sk_buff *skb)
 	ep_count(skb->ifindex, skb->len, FIBRIL_DIR_TO_POD);
 	if (CONFIG(routing_mode) == FIBRIL_ROUTING_NONE)
 		return TC_ACT_OK;
-	if (parse_ipv4(skb, &f) != PARSE_IPV4 || !f.has_ports || parse_l4(skb, &f) < 0)
+	if (parse_ipv4(skb, &f) != PARSE_IPV4 || !l4_candidate(&f) || parse_l4(skb, &f) < 0)
 		return TC_ACT_OK;
 	return lb_reverse_only(skb, &f);
 }

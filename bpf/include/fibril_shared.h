@@ -492,6 +492,29 @@ struct fibril_ct_entry {
 /* Random ports tried per new masqueraded connection. */
 #define FIBRIL_SNAT_PROBES 32
 
+/* ---- IPv4 fragments of service traffic (bpf/lib/l4.h) -------------------- *
+ *
+ * Only the first fragment of a datagram carries the ports; the others are
+ * matched to it by (source, destination, IP id, protocol), so that they get
+ * the same translation. */
+
+struct fibril_frag_key {
+	__u32 saddr; /* network order */
+	__u32 daddr;
+	__u16 id;    /* the IPv4 identification, network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct fibril_frag_ports {
+	__u16 sport; /* network order */
+	__u16 dport;
+};
+
+#define FIBRIL_MAP_FRAGS fibril_frags
+#define FIBRIL_MAP_FRAGS_NAME "fibril_frags"
+#define FIBRIL_FRAGS_MAX_ENTRIES 8192
+
 /* ---- programs of bpf/pod.bpf.c (host side of a pod veth) ---------------- */
 
 /* tc ingress on the host-side veth: packets coming from the pod. */

@@ -35,11 +35,22 @@ struct flow {
 	__u8 ttl;
 	__u8 hook;      /* enum fibril_hook */
 	__u8 has_ports; /* TCP/UDP and not a later fragment: ports at l4_off */
-	/* Filled by parse_l4 (services and conntrack only). */
+	__u8 frag;      /* enum frag_kind */
+	__u16 ip_id;    /* the IPv4 identification, network order */
+	/* Filled by parse_l4 (services and conntrack only): from the L4
+	 * header, or for a later fragment from its first fragment's. */
 	__u16 sport;    /* network order */
 	__u16 dport;
 	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01 ... ACK 0x10) */
 };
+
+enum frag_kind {
+	FRAG_NONE,
+	FRAG_FIRST, /* offset 0, more fragments: has the L4 header */
+	FRAG_LATER, /* offset > 0: no L4 header */
+};
+
+#define IPV4_MF 0x2000
 
 enum parse_result {
 	PARSE_IPV4,
@@ -84,31 +95,12 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 	f->l4_off = ETH_HLEN + ip->ihl * 4;
 	f->has_ports = (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
 		       !(ip->frag_off & bpf_htons(IPV4_FRAG_OFFSET_MASK));
+	f->ip_id = ip->id;
+	if (ip->frag_off & bpf_htons(IPV4_FRAG_OFFSET_MASK))
+		f->frag = FRAG_LATER;
+	else if (ip->frag_off & bpf_htons(IPV4_MF))
+		f->frag = FRAG_FIRST;
 	return PARSE_IPV4;
-}
-
-#define TCP_FLAGS_OFF 13
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_ACK 0x10
-
-/* Reads the ports (and the TCP flags) of a packet parse_ipv4 found to have
- * them. Returns -1 if the L4 header is truncated. */
-static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
-{
-	__u16 ports[2];
-	__u8 flags = 0;
-
-	if (bpf_skb_load_bytes(skb, f->l4_off, ports, sizeof(ports)) < 0)
-		return -1;
-	if (f->proto == IPPROTO_TCP &&
-	    bpf_skb_load_bytes(skb, f->l4_off + TCP_FLAGS_OFF, &flags, sizeof(flags)) < 0)
-		return -1;
-	f->sport = ports[0];
-	f->dport = ports[1];
-	f->tcp_flags = flags;
-	return 0;
 }
 
 #endif /* FIBRIL_LIB_COMMON_H */

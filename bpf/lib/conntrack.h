@@ -21,6 +21,7 @@
 
 #include "fibril_shared.h"
 #include "common.h"
+#include "l4.h"
 
 #define NS_PER_SEC 1000000000ULL
 

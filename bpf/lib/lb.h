@@ -40,6 +40,7 @@
 #include "events.h"
 #include "fib.h"
 #include "l3.h"
+#include "l4.h"
 #include "nat.h"
 #include "reject.h"
 #include "tunnel.h"
@@ -235,14 +236,18 @@ static __always_inline int svc_connect(struct __sk_buff *skb, struct flow *f,
 	struct fibril_backend be;
 	__u8 nat_flags = 0;
 
-	if (svc->count == 0)
+	if (svc->count == 0) {
+		/* A later fragment: its first was answered already. */
+		if (!f->has_ports)
+			return drop(skb, f, FIBRIL_DROP_SVC_NO_BACKEND);
 		return reject(skb, f);
+	}
 	if (backend_pick(svc, f->saddr, now, &be) < 0) {
 		/* The list was replaced under us: the service entry now names
 		 * the new revision. */
 		svc = bpf_map_lookup_elem(&FIBRIL_MAP_SERVICES, skey);
 		if (svc && svc->count == 0)
-			return reject(skb, f);
+			return f->has_ports ? reject(skb, f) : drop(skb, f, FIBRIL_DROP_SVC_NO_BACKEND);
 		if (!svc || backend_pick(svc, f->saddr, now, &be) < 0)
 			return drop(skb, f, FIBRIL_DROP_SVC_BACKEND_GONE);
 	}
@@ -297,7 +302,7 @@ static __always_inline int svc_connect(struct __sk_buff *skb, struct flow *f,
 }
 
 /* The service layer of a hook: packets to a frontend, and replies of
- * service connections. f must have ports (parse_l4 done). Returns a tc
+ * service connections. f must have its ports (parse_l4 done). Returns a tc
  * verdict, or LB_NOT_HANDLED for plain traffic. */
 static __always_inline int lb_handle(struct __sk_buff *skb, struct flow *f, int from_pod)
 {

@@ -25,6 +25,7 @@
 
 #include "fibril_shared.h"
 #include "common.h"
+#include "l4.h"
 #include "events.h"
 
 #define REJECT_TTL 64

@@ -256,6 +256,75 @@ mod tests {
                     1
                 )
             );
+            let hash = bpf_map_type::BPF_MAP_TYPE_HASH as u32;
+            let lru = bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
+            for (name, expected) in [
+                (
+                    MAP_SERVICES,
+                    (
+                        hash,
+                        size_of::<fibril_svc_key>(),
+                        size_of::<fibril_svc>(),
+                        FIBRIL_SERVICES_MAX_ENTRIES,
+                    ),
+                ),
+                (
+                    MAP_BACKENDS,
+                    (
+                        hash,
+                        size_of::<fibril_backend_key>(),
+                        size_of::<fibril_backend>(),
+                        FIBRIL_BACKENDS_MAX_ENTRIES,
+                    ),
+                ),
+                (
+                    MAP_SVC_MEMBERS,
+                    (
+                        hash,
+                        size_of::<fibril_svc_member_key>(),
+                        size_of::<u32>(),
+                        FIBRIL_SVC_MEMBERS_MAX_ENTRIES,
+                    ),
+                ),
+                (
+                    MAP_AFFINITY,
+                    (
+                        lru,
+                        size_of::<fibril_affinity_key>(),
+                        size_of::<fibril_affinity>(),
+                        FIBRIL_AFFINITY_MAX_ENTRIES,
+                    ),
+                ),
+                (
+                    MAP_SVC_META,
+                    (
+                        hash,
+                        size_of::<u32>(),
+                        size_of::<fibril_svc_meta>(),
+                        FIBRIL_SVC_META_MAX_ENTRIES,
+                    ),
+                ),
+                (
+                    MAP_CT,
+                    (
+                        lru,
+                        size_of::<fibril_ct_key>(),
+                        size_of::<fibril_ct_entry>(),
+                        FIBRIL_CT_MAX_ENTRIES,
+                    ),
+                ),
+                (
+                    MAP_FRAGS,
+                    (
+                        lru,
+                        size_of::<fibril_frag_key>(),
+                        size_of::<fibril_frag_ports>(),
+                        FIBRIL_FRAGS_MAX_ENTRIES,
+                    ),
+                ),
+            ] {
+                assert_eq!(shape(name), expected, "{name} in {}", object.name);
+            }
         }
     }
 

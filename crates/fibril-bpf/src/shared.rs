@@ -39,6 +39,8 @@ unsafe impl aya::Pod for fibril_affinity {}
 unsafe impl aya::Pod for fibril_svc_meta {}
 unsafe impl aya::Pod for fibril_ct_key {}
 unsafe impl aya::Pod for fibril_ct_entry {}
+unsafe impl aya::Pod for fibril_frag_key {}
+unsafe impl aya::Pod for fibril_frag_ports {}
 
 /// Key of the endpoint counter map.
 pub type EpKey = fibril_ep_key;
@@ -79,6 +81,8 @@ pub const MAP_AFFINITY: &str = name(FIBRIL_MAP_AFFINITY_NAME);
 pub const MAP_SVC_META: &str = name(FIBRIL_MAP_SVC_META_NAME);
 /// Conntrack of service connections (LRU): [`fibril_ct_key`] -> [`fibril_ct_entry`].
 pub const MAP_CT: &str = name(FIBRIL_MAP_CT_NAME);
+/// Ports of fragmented datagrams (LRU): [`fibril_frag_key`] -> [`fibril_frag_ports`].
+pub const MAP_FRAGS: &str = name(FIBRIL_MAP_FRAGS_NAME);
 
 /// tc ingress program on the host-side pod veth (packets from the pod).
 pub const PROG_FROM_POD: &str = name(FIBRIL_PROG_FROM_POD_NAME);
@@ -103,6 +107,7 @@ pub const MAP_NAMES: &[&str] = &[
     MAP_AFFINITY,
     MAP_SVC_META,
     MAP_CT,
+    MAP_FRAGS,
 ];
 /// Every program of `pod.bpf.o`.
 pub const POD_PROGRAM_NAMES: &[&str] = &[PROG_FROM_POD, PROG_TO_POD];

@@ -98,7 +98,7 @@ fn table(entries: Vec<ServiceEntry>) -> ServiceTable {
 
 /// TCP and UDP servers in a pod, stopped on drop. Each TCP connection is greeted with
 /// "<backend ip> <client addr as seen>\n" and then echoed; each datagram is answered
-/// with the same line.
+/// with the same line followed by the datagram.
 struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -144,10 +144,12 @@ impl Servers {
         });
         let s = stop.clone();
         let udp = std::thread::spawn(move || {
-            let mut buf = [0_u8; 1500];
+            let mut buf = [0_u8; 4096];
             while !s.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
-                    let _ = udp.send_to(format!("{ip} {peer}\n").as_bytes(), peer);
+                if let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                    let mut reply = format!("{ip} {peer}\n").into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = udp.send_to(&reply, peer);
                 }
             }
         });
@@ -213,11 +215,21 @@ fn udp_socket(ns: &common::NetNs, to: SocketAddrV4) -> UdpSocket {
     sock
 }
 
-fn udp_round(sock: &UdpSocket) -> std::io::Result<Answer> {
-    sock.send(b"hello")?;
-    let mut buf = [0_u8; 1500];
+/// Sends `payload`, returns the answer and the echoed payload.
+fn udp_exchange(sock: &UdpSocket, payload: &[u8]) -> std::io::Result<(Answer, Vec<u8>)> {
+    sock.send(payload)?;
+    let mut buf = [0_u8; 4096];
     let n = sock.recv(&mut buf)?;
-    Ok(parse_answer(std::str::from_utf8(&buf[..n]).expect("utf-8")))
+    let nl = buf[..n]
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("answer line");
+    let line = std::str::from_utf8(&buf[..nl]).expect("utf-8");
+    Ok((parse_answer(line), buf[nl + 1..n].to_vec()))
+}
+
+fn udp_round(sock: &UdpSocket) -> std::io::Result<Answer> {
+    udp_exchange(sock, b"hello").map(|(a, _)| a)
 }
 
 fn udp_ask(ns: &common::NetNs, to: SocketAddrV4) -> Answer {
@@ -304,6 +316,26 @@ fn clusterip_matrix(net: u8, routing: Routing) {
             "backends see the client pod's own address: {answers:?}"
         );
     }
+    // Datagrams larger than the MTU travel as IPv4 fragments, both ways (upstream's
+    // "large requests: udp" sends 2000 bytes).
+    let large: Vec<u8> = std::iter::once(b'n')
+        .chain(std::iter::repeat_n(b'o', 1999))
+        .collect();
+    let mut large_seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (answer, echoed) = udp_exchange(&udp_socket(&client.ns, udp_to), &large)
+            .expect("a fragmented datagram through the service");
+        assert!(echoed == large, "echoed whole");
+        large_seen.insert(answer.backend);
+        if large_seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        large_seen.len(),
+        2,
+        "fragments reach and return from both nodes"
+    );
     // A bulk transfer through the translation, to a backend on either node.
     for _ in 0..2 {
         let (mut s, _) = tcp_connect(&client.ns, tcp_to).unwrap();

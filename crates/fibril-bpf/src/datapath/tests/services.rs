@@ -1153,3 +1153,85 @@ fn sync_of_10k_services_with_100k_backends() {
         assert_eq!(dumped.entries.len(), 10_000);
     });
 }
+
+/// Splits a UDP frame (from [`udp`]) into two IPv4 fragments at L4 byte `at` (a
+/// multiple of 8) with IP id `id`.
+fn fragments(frame: &[u8], at: usize, id: u16) -> (Vec<u8>, Vec<u8>) {
+    let l4 = &frame[34..];
+    let piece = |bytes: &[u8], offset: usize, more: bool| {
+        let mut f = frame[..34].to_vec();
+        f.extend_from_slice(bytes);
+        let total = u16::try_from(f.len() - 14).unwrap();
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let flags_off = (u16::from(more) << 13) | u16::try_from(offset / 8).unwrap();
+        f[20..22].copy_from_slice(&flags_off.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = ipv4_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    (piece(&l4[..at], 0, true), piece(&l4[at..], at, false))
+}
+
+/// Source and destination of a frame, checking its IPv4 header checksum only.
+fn addrs(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+    assert_eq!(ipv4_checksum(&frame[14..34]), 0, "IPv4 header checksum");
+    (
+        Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
+        Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]),
+    )
+}
+
+#[test]
+#[ignore = "privileged: needs root, bpf and netns"]
+fn fragmented_udp_is_translated_whole() {
+    let pins = Pins::new();
+    let dir = pins.0.clone();
+    in_fresh_netns(move || {
+        let mut dp = loaded(&dir, false);
+        let svc = entry(
+            FrontendKind::ClusterIp,
+            VIP,
+            53,
+            L4Proto::Udp,
+            vec![backend(POD_A, 5353, true)],
+        );
+        dp.sync_services(&table(vec![svc])).unwrap();
+
+        let whole = udp(sa(POD_B, SPORT), sa(VIP, 53), 1992, true);
+        let (first, later) = fragments(&whole, 1480, 0x4242);
+        let r1 = run(&mut dp, Hook::FromPod, &first, None);
+        let r2 = run(&mut dp, Hook::FromPod, &later, None);
+        assert_eq!((r1.verdict, r2.verdict), (TC_ACT_REDIRECT, TC_ACT_REDIRECT));
+        assert_eq!(addrs(&r1.frame), (POD_B, POD_A));
+        assert_eq!(
+            addrs(&r2.frame),
+            (POD_B, POD_A),
+            "the later fragment follows"
+        );
+        assert_eq!(r2.frame[34..], later[34..], "its payload untouched");
+        // Reassembled, the datagram's checksum holds for the new addresses and port.
+        let mut l4 = r1.frame[34..].to_vec();
+        l4.extend_from_slice(&r2.frame[34..]);
+        assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), 5353);
+        assert_eq!(l4_checksum(POD_B, POD_A, 17, &l4), 0, "UDP checksum");
+
+        // The answer, fragmented by the backend, goes back from the VIP.
+        let answer = udp(sa(POD_A, 5353), sa(POD_B, SPORT), 1992, true);
+        let (first, later) = fragments(&answer, 1480, 0x777);
+        let r1 = run(&mut dp, Hook::FromPod, &first, None);
+        let r2 = run(&mut dp, Hook::FromPod, &later, None);
+        assert_eq!(addrs(&r1.frame), (VIP, POD_B));
+        assert_eq!(addrs(&r2.frame), (VIP, POD_B));
+        let mut l4 = r1.frame[34..].to_vec();
+        l4.extend_from_slice(&r2.frame[34..]);
+        assert_eq!(u16::from_be_bytes([l4[0], l4[1]]), 53);
+        assert_eq!(l4_checksum(VIP, POD_B, 17, &l4), 0, "UDP checksum");
+
+        // A later fragment whose first was never seen is not translated.
+        let (_, orphan) = fragments(&whole, 1480, 0x999);
+        let r = run(&mut dp, Hook::FromPod, &orphan, None);
+        assert_eq!(addrs(&r.frame).1, VIP);
+    });
+}
