@@ -50,6 +50,11 @@ static __always_inline int route_to_local(struct __sk_buff *skb, __u8 hook)
 
 		if (verdict != LB_NOT_HANDLED)
 			return verdict;
+	} else if (f.proto == IPPROTO_ICMP) {
+		int verdict = lb_icmp_error(skb, &f, 1);
+
+		if (verdict != LB_NOT_HANDLED)
+			return verdict;
 	}
 
 	ep = endpoint_lookup(f.daddr);

@@ -61,6 +61,11 @@ static __always_inline int route_from_pod(struct __sk_buff *skb)
 
 		if (verdict != LB_NOT_HANDLED)
 			return verdict;
+	} else if (f.proto == IPPROTO_ICMP) {
+		int verdict = lb_icmp_error(skb, &f, 1);
+
+		if (verdict != LB_NOT_HANDLED)
+			return verdict;
 	}
 
 	ep = endpoint_lookup(f.daddr);
@@ -101,7 +106,14 @@ int FIBRIL_PROG_TO_POD(struct __sk_buff *skb)
 	ep_count(skb->ifindex, skb->len, FIBRIL_DIR_TO_POD);
 	if (CONFIG(routing_mode) == FIBRIL_ROUTING_NONE)
 		return TC_ACT_OK;
-	if (parse_ipv4(skb, &f) != PARSE_IPV4 || !l4_candidate(&f) || parse_l4(skb, &f) < 0)
+	if (parse_ipv4(skb, &f) != PARSE_IPV4)
+		return TC_ACT_OK;
+	if (f.proto == IPPROTO_ICMP) {
+		int verdict = lb_icmp_error(skb, &f, 0);
+
+		return verdict == LB_NOT_HANDLED ? TC_ACT_OK : verdict;
+	}
+	if (!l4_candidate(&f) || parse_l4(skb, &f) < 0)
 		return TC_ACT_OK;
 	return lb_reverse_only(skb, &f);
 }

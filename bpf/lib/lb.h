@@ -331,6 +331,77 @@ static __always_inline int lb_handle(struct __sk_buff *skb, struct flow *f, int 
 	return translate_and_route(skb, f, ct);
 }
 
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMP_CSUM_OFF 2
+#define ICMP_HDR_LEN 8
+#define IPV4_HDR_LEN 20
+
+/* An ICMP error (destination unreachable, time exceeded, parameter problem)
+ * about a packet of a service connection, on its way to the client: it
+ * quotes the packet as translated (client or SNAT address -> backend), while
+ * the client's socket knows only the packet it sent (client -> frontend). The
+ * quote is translated back (its addresses with the quoted header's checksum,
+ * its ports with the ICMP checksum), and so is the error's own source when
+ * the backend sent it, and its destination when the connection was
+ * masqueraded. route: route the result (tc ingress) or hand it on (tc egress
+ * toward a pod). Returns LB_NOT_HANDLED for any other ICMP packet. */
+static __always_inline int lb_icmp_error(struct __sk_buff *skb, struct flow *f, int route)
+{
+	__u32 inner_off = f->l4_off + ICMP_HDR_LEN;
+	__u32 icmp_csum = f->l4_off + ICMP_CSUM_OFF;
+	__u32 inner_csum = inner_off + offsetof(struct iphdr, check);
+	struct fibril_ct_key key = {};
+	struct fibril_ct_entry *ct;
+	struct iphdr inner;
+	__u16 ports[2];
+	__u8 type;
+
+	if (f->frag != FRAG_NONE || bpf_skb_load_bytes(skb, f->l4_off, &type, sizeof(type)) < 0)
+		return LB_NOT_HANDLED;
+	if (type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED && type != ICMP_PARAMETERPROB)
+		return LB_NOT_HANDLED;
+	if (bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) < 0 || inner.ihl != 5 ||
+	    (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP) ||
+	    bpf_skb_load_bytes(skb, inner_off + IPV4_HDR_LEN, ports, sizeof(ports)) < 0)
+		return LB_NOT_HANDLED;
+
+	/* The quoted packet went saddr -> daddr: its connection's REPLY entry
+	 * is keyed the other way. */
+	key.saddr = inner.daddr;
+	key.daddr = inner.saddr;
+	key.sport = ports[1];
+	key.dport = ports[0];
+	key.proto = inner.protocol;
+	ct = bpf_map_lookup_elem(&FIBRIL_MAP_CT, &key);
+	if (!ct || ct->dir != FIBRIL_CT_REPLY)
+		return LB_NOT_HANDLED;
+
+	/* The REPLY entry names the frontend (nat_saddr:nat_sport) and the
+	 * client (nat_daddr:nat_dport): the quote becomes client -> frontend. */
+	if (inner.saddr != ct->nat_daddr &&
+	    (nat_l3_addr_at(skb, inner_csum, inner_off + offsetof(struct iphdr, saddr),
+			    inner.saddr, ct->nat_daddr) < 0 ||
+	     nat_port(skb, icmp_csum, 0, inner_off + IPV4_HDR_LEN, ports[0], ct->nat_dport) < 0))
+		return drop(skb, f, FIBRIL_DROP_REWRITE);
+	if (nat_l3_addr_at(skb, inner_csum, inner_off + offsetof(struct iphdr, daddr), inner.daddr,
+			   ct->nat_saddr) < 0 ||
+	    nat_port(skb, icmp_csum, 0, inner_off + IPV4_HDR_LEN + sizeof(__u16), ports[1],
+		     ct->nat_sport) < 0)
+		return drop(skb, f, FIBRIL_DROP_REWRITE);
+	if (f->saddr == inner.daddr) {
+		if (nat_l3_addr(skb, IPV4_SADDR_OFF, f->saddr, ct->nat_saddr) < 0)
+			return drop(skb, f, FIBRIL_DROP_REWRITE);
+		f->saddr = ct->nat_saddr;
+	}
+	if (f->daddr != ct->nat_daddr) {
+		if (nat_l3_addr(skb, IPV4_DADDR_OFF, f->daddr, ct->nat_daddr) < 0)
+			return drop(skb, f, FIBRIL_DROP_REWRITE);
+		f->daddr = ct->nat_daddr;
+	}
+	return route ? route_after_nat(skb, f) : TC_ACT_OK;
+}
+
 /* The reverse translation alone, for packets the stack delivers to a pod
  * (a host-network backend's replies): rewritten, not routed. */
 static __always_inline int lb_reverse_only(struct __sk_buff *skb, struct flow *f)

@@ -26,11 +26,19 @@
 #define TCP_CSUM_OFF 16
 #define UDP_CSUM_OFF 6
 
-static __always_inline int nat_l3_addr(struct __sk_buff *skb, __u32 off, __u32 from, __u32 to)
+/* An address at off in an IPv4 header whose checksum is at csum_off (the
+ * packet's, or one quoted in an ICMP error). */
+static __always_inline int nat_l3_addr_at(struct __sk_buff *skb, __u32 csum_off, __u32 off,
+					  __u32 from, __u32 to)
 {
-	if (bpf_l3_csum_replace(skb, IPV4_CSUM_OFF, from, to, sizeof(to)) < 0)
+	if (bpf_l3_csum_replace(skb, csum_off, from, to, sizeof(to)) < 0)
 		return -1;
 	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+}
+
+static __always_inline int nat_l3_addr(struct __sk_buff *skb, __u32 off, __u32 from, __u32 to)
+{
+	return nat_l3_addr_at(skb, IPV4_CSUM_OFF, off, from, to);
 }
 
 static __always_inline int nat_addr(struct __sk_buff *skb, __u32 csum_off, __u64 l4_flags,

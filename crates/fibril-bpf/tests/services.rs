@@ -611,3 +611,32 @@ fn nodeport_from_outside_and_from_pods() {
         Netfilter::assert_untouched(n, before);
     }
 }
+
+/// A backend that does not listen on the target port refuses, as the pod itself would:
+/// TCP with its stack's RST, UDP with its ICMP port unreachable, both translated so
+/// that the client's socket (connected to the VIP) sees them.
+#[test]
+#[ignore = "privileged: needs root, bpf and netns"]
+fn a_backend_not_listening_refuses_through_the_service() {
+    let fabric = Fabric::new(78, Routing::Native, 2);
+    let (n1, n2) = (&fabric.nodes[0], &fabric.nodes[1]);
+    let c = n1.add_pod("c", 10, None);
+    let b = n2.add_pod("b", 10, None);
+    n1.run_agent(Routing::Native, &[&c], &fabric.node_refs());
+    n2.run_agent(Routing::Native, &[&b], &fabric.node_refs());
+    n1.sync_services(&table(clusterip(n1, &[&b])));
+    let nf = Netfilter::snapshot(n1);
+
+    let start = Instant::now();
+    let err = tcp_connect(&c.ns, SocketAddrV4::new(VIP, TCP_PORT)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    let sock = udp_socket(&c.ns, SocketAddrV4::new(VIP, UDP_PORT));
+    let err = udp_round(&sock).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    Netfilter::assert_untouched(n1, &nf);
+}

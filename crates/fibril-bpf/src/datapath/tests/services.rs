@@ -1235,3 +1235,91 @@ fn fragmented_udp_is_translated_whole() {
         assert_eq!(addrs(&r.frame).1, VIP);
     });
 }
+
+/// Whether an ICMP error's quote (`l4`: the ICMP message) names the packet `sent`: its
+/// addresses, protocol and ports, under a valid quoted header checksum. (The rest may
+/// differ: the quote was taken after the TTL decrement, and its UDP checksum after
+/// the translation; no stack reads either.)
+fn quotes(l4: &[u8], sent: &[u8]) -> bool {
+    let quote = &l4[8..];
+    ipv4_checksum(&quote[..20]) == 0
+        && quote[9] == sent[14 + 9]
+        && quote[12..20] == sent[26..34]
+        && quote[20..24] == sent[34..38]
+}
+
+/// An ICMP destination unreachable (port) from `src` to `dst` quoting `quoted` (a frame
+/// from [`udp`]): its IP header and 8 bytes.
+fn icmp_port_unreachable(src: Ipv4Addr, dst: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut f = vec![0_u8; 14 + 20 + 8 + 28];
+    ip_header(&mut f, src, dst, 1);
+    f[34] = 3;
+    f[35] = 3;
+    f[42..70].copy_from_slice(&quoted[14..42]);
+    let c = fold(sum16(&f[34..], 0));
+    f[36..38].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+#[ignore = "privileged: needs root, bpf and netns"]
+fn icmp_errors_about_service_traffic_are_translated_for_the_client() {
+    let pins = Pins::new();
+    let dir = pins.0.clone();
+    in_fresh_netns(move || {
+        let mut dp = loaded(&dir, false);
+        let u0 = Some(underlay());
+        let cip = entry(
+            FrontendKind::ClusterIp,
+            VIP,
+            53,
+            L4Proto::Udp,
+            vec![backend(POD_A, 5353, true)],
+        );
+        let np = entry(
+            FrontendKind::NodePort,
+            NODE_IP,
+            NODE_PORT,
+            L4Proto::Udp,
+            vec![backend(REMOTE_POD, 5353, false)],
+        );
+        dp.sync_services(&table(vec![cip, np])).unwrap();
+
+        // Pod B -> VIP, to pod A, whose port is closed: A's stack answers B.
+        let q = udp(sa(POD_B, SPORT), sa(VIP, 53), 10, true);
+        let sent = run(&mut dp, Hook::FromPod, &q, None).frame;
+        let err = icmp_port_unreachable(POD_A, POD_B, &sent);
+        let r = run(&mut dp, Hook::FromPod, &err, None);
+        assert_eq!(r.verdict, TC_ACT_REDIRECT);
+        let p = parse(&r.frame);
+        assert_eq!((p.src, p.dst, p.proto), (VIP, POD_B, 1), "from the VIP");
+        assert_eq!(p.dst_mac, SENDER_SRC_MAC.0, "into pod B");
+        assert!(quotes(&p.l4, &q), "quotes what B sent: {:?}", &p.l4[8..]);
+        // The same error reaching B through the stack (tc egress) is translated too.
+        let r = run(&mut dp, Hook::ToPod, &err, None);
+        assert_eq!(r.verdict, TC_ACT_OK);
+        assert!(quotes(&parse(&r.frame).l4, &q));
+
+        // A masqueraded NodePort flow: the remote backend's error comes back to the
+        // node, and goes on to the client about the packet it sent.
+        let q = udp(sa(WORLD, SPORT), sa(NODE_IP, NODE_PORT), 10, true);
+        let sent = run(&mut dp, Hook::FromNetdev, &q, u0).frame;
+        assert_eq!(addrs(&sent).0, NODE_IP, "masqueraded");
+        let err = icmp_port_unreachable(REMOTE_POD, NODE_IP, &sent);
+        let r = run(&mut dp, Hook::FromNetdev, &err, u0);
+        assert_eq!(r.verdict, TC_ACT_REDIRECT);
+        let p = parse(&r.frame);
+        assert_eq!((p.src, p.dst), (NODE_IP, WORLD));
+        assert!(
+            quotes(&p.l4, &q),
+            "quotes what the client sent: {:?}",
+            &p.l4[8..]
+        );
+
+        // An error about anything else is left alone.
+        let other = udp(sa(POD_B, SPORT), sa(WORLD, 53), 10, true);
+        let err = icmp_port_unreachable(WORLD, POD_B, &other);
+        let r = run(&mut dp, Hook::FromNetdev, &err, u0);
+        assert_eq!(r.frame[34..], err[34..]);
+    });
+}
