@@ -78,34 +78,43 @@ pub async fn counters(
             endpoints,
         });
     }
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&out)?),
-        _ => {
-            let mut rows = vec![vec![
-                "NODE".to_string(),
-                "IFINDEX".into(),
-                "VETH".into(),
-                "FROM-POD PKTS".into(),
-                "FROM-POD BYTES".into(),
-                "TO-POD PKTS".into(),
-                "TO-POD BYTES".into(),
-            ]];
-            for n in &out {
-                for e in &n.endpoints {
-                    rows.push(vec![
-                        n.node.clone(),
-                        e.ifindex.to_string(),
-                        e.ifname.clone().unwrap_or_else(|| "(gone)".into()),
-                        e.from_pod_packets.to_string(),
-                        e.from_pod_bytes.to_string(),
-                        e.to_pod_packets.to_string(),
-                        e.to_pod_bytes.to_string(),
-                    ]);
-                }
+    print_data(&out, format, || {
+        let mut rows = vec![vec![
+            "NODE".to_string(),
+            "IFINDEX".into(),
+            "VETH".into(),
+            "FROM-POD PKTS".into(),
+            "FROM-POD BYTES".into(),
+            "TO-POD PKTS".into(),
+            "TO-POD BYTES".into(),
+        ]];
+        for n in &out {
+            for e in &n.endpoints {
+                rows.push(vec![
+                    n.node.clone(),
+                    e.ifindex.to_string(),
+                    e.ifname.clone().unwrap_or_else(|| "(gone)".into()),
+                    e.from_pod_packets.to_string(),
+                    e.from_pod_bytes.to_string(),
+                    e.to_pod_packets.to_string(),
+                    e.to_pod_bytes.to_string(),
+                ]);
             }
-            output::table(&rows);
         }
+        rows
+    })
+}
+
+/// `out` as JSON or YAML, or the table `rows` makes.
+fn print_data<T: serde::Serialize>(
+    out: &T,
+    format: OutputFormat,
+    rows: impl FnOnce() -> Vec<Vec<String>>,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(out)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(out)?),
+        OutputFormat::Text | OutputFormat::Wide => output::table(&rows()),
     }
     Ok(())
 }
@@ -142,60 +151,55 @@ pub fn services(name: &LabName, node: Option<&str>, format: OutputFormat) -> any
             entries: table.entries,
         });
     }
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&out)?),
-        _ => {
-            let mut rows = vec![vec![
-                "NODE".to_string(),
-                "SERVICE".into(),
-                "PORT".into(),
-                "KIND".into(),
-                "SCOPE".into(),
-                "FRONTEND".into(),
-                "BACKENDS".into(),
-                "AFFINITY".into(),
-            ]];
-            for n in &out {
-                for e in &n.entries {
-                    let backends = if e.backends.is_empty() {
-                        "(none: rejects)".to_string()
+    print_data(&out, format, || {
+        let mut rows = vec![vec![
+            "NODE".to_string(),
+            "SERVICE".into(),
+            "PORT".into(),
+            "KIND".into(),
+            "SCOPE".into(),
+            "FRONTEND".into(),
+            "BACKENDS".into(),
+            "AFFINITY".into(),
+        ]];
+        for n in &out {
+            for e in &n.entries {
+                let backends = if e.backends.is_empty() {
+                    "(none: rejects)".to_string()
+                } else {
+                    e.backends
+                        .iter()
+                        .map(|b| {
+                            let mut s = format!("{}:{}", b.ip, b.port);
+                            if b.local {
+                                s.push_str("(local)");
+                            }
+                            if b.terminating {
+                                s.push_str("(terminating)");
+                            }
+                            s
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                rows.push(vec![
+                    n.node.clone(),
+                    e.service.to_string(),
+                    if e.port_name.is_empty() {
+                        "-".into()
                     } else {
-                        e.backends
-                            .iter()
-                            .map(|b| {
-                                let mut s = format!("{}:{}", b.ip, b.port);
-                                if b.local {
-                                    s.push_str("(local)");
-                                }
-                                if b.terminating {
-                                    s.push_str("(terminating)");
-                                }
-                                s
-                            })
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    };
-                    rows.push(vec![
-                        n.node.clone(),
-                        e.service.to_string(),
-                        if e.port_name.is_empty() {
-                            "-".into()
-                        } else {
-                            e.port_name.clone()
-                        },
-                        format!("{:?}", e.kind),
-                        format!("{:?}", e.scope),
-                        e.frontend.to_string(),
-                        backends,
-                        e.affinity_timeout_secs
-                            .map(|t| format!("ClientIP {t}s"))
-                            .unwrap_or_else(|| "-".into()),
-                    ]);
-                }
+                        e.port_name.clone()
+                    },
+                    format!("{:?}", e.kind),
+                    format!("{:?}", e.scope),
+                    e.frontend.to_string(),
+                    backends,
+                    e.affinity_timeout_secs
+                        .map(|t| format!("ClientIP {t}s"))
+                        .unwrap_or_else(|| "-".into()),
+                ]);
             }
-            output::table(&rows);
         }
-    }
-    Ok(())
+        rows
+    })
 }

@@ -373,15 +373,7 @@ fn agent_sigkill_and_restart_loses_no_request() {
 
     std::thread::sleep(Duration::from_secs(2));
     let id = format!("fibril-agent/{}", lab.node(1));
-    let pid_of = || -> Option<(i64, String)> {
-        let status = lab.json(&["lab", "status", "-o", "json"]);
-        let c = status["components"]
-            .as_array()?
-            .iter()
-            .find(|c| c["id"] == id.as_str())?
-            .clone();
-        Some((c["pid"].as_i64()?, c["state"].as_str()?.to_string()))
-    };
+    let pid_of = || lab.component(&id);
     let (pid, _) = pid_of().unwrap();
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     std::thread::sleep(Duration::from_secs(2));

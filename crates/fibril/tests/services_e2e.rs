@@ -373,10 +373,11 @@ impl ClusterIpFixture {
     }
 }
 
-fn cluster_ip_fixture() -> ClusterIpFixture {
-    let c = Cluster::up();
+/// Every lab's pods: a client on nodes 1 and 2, one `app: web` pod per node (web-1 also
+/// `solo: yes`).
+fn base_pods(c: &Cluster) -> Vec<Value> {
     let (n1, n2, n3) = (c.node(1), c.node(2), c.node(3));
-    let mut docs = vec![
+    vec![
         echo_pod("client-1", &n1, json!({"role": "client"}), web_ports()),
         echo_pod("client-2", &n2, json!({"role": "client"}), web_ports()),
         echo_pod(
@@ -387,6 +388,16 @@ fn cluster_ip_fixture() -> ClusterIpFixture {
         ),
         echo_pod("web-2", &n2, json!({"app": "web"}), web_ports()),
         echo_pod("web-3", &n3, json!({"app": "web"}), web_ports()),
+    ]
+}
+
+const BASE_PODS: [&str; 5] = ["client-1", "client-2", "web-1", "web-2", "web-3"];
+
+fn cluster_ip_fixture() -> ClusterIpFixture {
+    let c = Cluster::up();
+    let (n1, n2) = (c.node(1), c.node(2));
+    let mut docs = base_pods(&c);
+    docs.extend([
         echo_pod(
             "mp-1",
             &n1,
@@ -399,8 +410,6 @@ fn cluster_ip_fixture() -> ClusterIpFixture {
             json!({"app": "multi"}),
             json!([{"name": "svc2", "containerPort": 101, "protocol": "TCP"}]),
         ),
-    ];
-    docs.extend([
         web_service("web", json!({"app": "web"}), json!({})),
         service(
             "multi",
@@ -437,9 +446,7 @@ fn cluster_ip_fixture() -> ClusterIpFixture {
         web_service("updown-2", json!({"app": "web"}), json!({})),
     ]);
     c.apply(&docs);
-    let pods = c.ready_pods(&[
-        "client-1", "client-2", "web-1", "web-2", "web-3", "mp-1", "mp-2",
-    ]);
+    let pods = c.ready_pods(&[&BASE_PODS[..], &["mp-1", "mp-2"]].concat());
     ClusterIpFixture { c, pods }
 }
 
@@ -1116,7 +1123,6 @@ struct ExternalFixture {
 
 fn external_fixture() -> ExternalFixture {
     let c = Cluster::up();
-    let (n1, n2, n3) = (c.node(1), c.node(2), c.node(3));
     let np = |name: &str, selector: Value, etp: &str| {
         web_service(
             name,
@@ -1124,17 +1130,8 @@ fn external_fixture() -> ExternalFixture {
             json!({"type": "NodePort", "externalTrafficPolicy": etp}),
         )
     };
-    c.apply(&[
-        echo_pod("client-1", &n1, json!({"role": "client"}), web_ports()),
-        echo_pod("client-2", &n2, json!({"role": "client"}), web_ports()),
-        echo_pod(
-            "web-1",
-            &n1,
-            json!({"app": "web", "solo": "yes"}),
-            web_ports(),
-        ),
-        echo_pod("web-2", &n2, json!({"app": "web"}), web_ports()),
-        echo_pod("web-3", &n3, json!({"app": "web"}), web_ports()),
+    let mut docs = base_pods(&c);
+    docs.extend([
         np("np", json!({"app": "web"}), "Cluster"),
         np("np-local", json!({"app": "web"}), "Local"),
         np("np-solo", json!({"solo": "yes"}), "Local"),
@@ -1150,7 +1147,8 @@ fn external_fixture() -> ExternalFixture {
                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
         ),
     ]);
-    let pods = c.ready_pods(&["client-1", "client-2", "web-1", "web-2", "web-3"]);
+    c.apply(&docs);
+    let pods = c.ready_pods(&BASE_PODS);
     ExternalFixture { c, pods }
 }
 
@@ -1336,15 +1334,7 @@ fn check_agent_restart(f: &ExternalFixture) {
     };
     std::thread::sleep(Duration::from_secs(1));
     let id = format!("fibril-agent/{}", f.c.node(1));
-    let pid_of = || -> Option<(i64, String)> {
-        let status = f.c.lab.json(&["lab", "status", "-o", "json"]);
-        let c = status["components"]
-            .as_array()?
-            .iter()
-            .find(|c| c["id"] == id.as_str())?
-            .clone();
-        Some((c["pid"].as_i64()?, c["state"].as_str()?.to_string()))
-    };
+    let pid_of = || f.c.lab.component(&id);
     let (pid, _) = pid_of().unwrap();
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     wait_for(

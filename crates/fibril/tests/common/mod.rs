@@ -117,6 +117,17 @@ impl Lab {
     pub fn status(&self, node: &str) -> Value {
         self.json(&["status", "--node", node, "-o", "json"])
     }
+
+    /// The pid and state of a lab component (`fibril-agent/<node>`, …), from `lab status`.
+    pub fn component(&self, id: &str) -> Option<(i64, String)> {
+        let status = self.json(&["lab", "status", "-o", "json"]);
+        let c = status["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == id)?
+            .clone();
+        Some((c["pid"].as_i64()?, c["state"].as_str()?.to_string()))
+    }
 }
 
 impl Drop for Lab {
