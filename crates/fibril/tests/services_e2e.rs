@@ -585,6 +585,65 @@ fn check_session_affinity(f: &ClusterIpFixture) {
     });
 }
 
+/// Row 15: an unready pod (its readiness probe fails until a file exists) is served only
+/// through a Service with publishNotReadyAddresses; toggling the field takes effect live,
+/// and once the pod is ready both Services serve it.
+fn check_publish_not_ready_addresses(f: &ClusterIpFixture) {
+    let flag = f.c.lab.state_root.join("unready-is-ready");
+    let _ = std::fs::remove_file(&flag);
+    let mut pod = echo_pod(
+        "unready",
+        &f.c.node(3),
+        json!({"app": "unready"}),
+        web_ports(),
+    );
+    pod["spec"]["containers"][0]["readinessProbe"] = json!({
+        "exec": {"command": ["test", "-e", flag.to_str().unwrap()]},
+        "periodSeconds": 1, "failureThreshold": 1});
+    let pnr = |name: &str, publish: bool| {
+        web_service(
+            name,
+            json!({"app": "unready"}),
+            json!({ "publishNotReadyAddresses": publish }),
+        )
+    };
+    f.c.apply(&[pod, pnr("pnr-on", true), pnr("pnr-off", false)]);
+    let ns = f.ns("client-1");
+    let (on, off) = (f.c.cluster_ip("pnr-on"), f.c.cluster_ip("pnr-off"));
+    let unready = names(&["unready"]);
+    eventually(
+        "the unready pod is served with publishNotReadyAddresses",
+        Duration::from_secs(90),
+        || reaches(&ns, sock(on, 80), &unready, 5, true),
+    );
+    let p =
+        f.c.lab
+            .json(&["lab", "get", "pods", "-n", NS, "-o", "json"]);
+    let me = p["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["name"] == "unready")
+        .unwrap();
+    assert!(!ready(me), "the pod is not Ready: {me}");
+    eventually("not served without it", LAG, || {
+        refused(hostname(&ns, sock(off, 80)))
+    });
+    f.c.apply(&[pnr("pnr-off", true)]);
+    eventually("served once the field is set live", LAG, || {
+        reaches(&ns, sock(off, 80), &unready, 5, true)
+    });
+    f.c.apply(&[pnr("pnr-off", false)]);
+    eventually("not served once it is unset again", LAG, || {
+        refused(hostname(&ns, sock(off, 80)))
+    });
+    std::fs::write(&flag, b"").unwrap();
+    eventually("served by both once Ready", LAG, || {
+        reaches(&ns, sock(off, 80), &unready, 5, true)?;
+        reaches(&ns, sock(on, 80), &unready, 5, true)
+    });
+}
+
 /// Rows 16 and 17: a Service labelled for another proxy, or headless by label, is not
 /// programmed (and status says why); the same Service without the label is.
 fn check_proxy_name_and_headless_labels(f: &ClusterIpFixture) {
@@ -1110,6 +1169,7 @@ fn cluster_ip_services_through_bpf() {
     check_up_and_down(&f);
     check_session_affinity(&f);
     check_proxy_name_and_headless_labels(&f);
+    check_publish_not_ready_addresses(&f);
     check_visibility(&f);
 }
 
