@@ -8,6 +8,7 @@ PACKAGES=(
   clang llvm libbpf-dev linux-libc-dev   # the C datapath: clang -target bpf, bpf_helpers.h, kernel headers; libclang for bindgen
   gcc make pkg-config                    # C parts of Rust crates
   iproute2 iputils-ping iptables         # ip netns exec for pod processes; ping in tests; iptables-save for fibril doctor
+  nftables                               # nft list ruleset: the services test proves the nodes have no netfilter rules
   containernetworking-plugins            # the reference CNI plugins: the lab's --cni bridge baseline
   curl netcat-openbsd dnsutils jq        # tools the demo and tests run inside pods
   podman runc busybox-static             # the podman CNI-client test (with containernetworking-plugins above)
