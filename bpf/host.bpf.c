@@ -11,8 +11,9 @@
  *      and the client IP need not be preserved), or reject; replies of
  *      service connections: reverse translation; either way routed by the
  *      new destination;
- *   2. destination is an endpoint of this node: deliver_local
- *      (bpf_redirect_peer), or pass if it is the node's own (host) address;
+ *   2. destination is an endpoint of this node: deliver_local (the pod's
+ *      ingress policy, policy.h, then bpf_redirect_peer), or pass if it is
+ *      the node's own (host) address;
  *   3. destination in this node's own pod range but no endpoint: drop,
  *      FIBRIL_DROP_NO_ENDPOINT (the stack would only send it back out);
  *   4. anything else (the node's own traffic, VXLAN packets still to be

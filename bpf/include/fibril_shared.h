@@ -112,13 +112,26 @@ struct fibril_ipcache_key {
 	__u32 ipv4; /* network order */
 };
 
+enum fibril_remote_flags {
+	/* The entry only names identities (the world, node addresses, ipBlock
+	 * prefixes outside every pod range): routing treats the address as if
+	 * the ipcache had no entry for it. */
+	FIBRIL_REMOTE_F_NO_ROUTE = 1 << 0,
+};
+
 struct fibril_remote {
+	/* The prefix's security identity (a pod's, a reserved one, or a CIDR
+	 * identity); FIBRIL_IDENTITY_ANY while unknown. */
 	__u32 identity;
 	/* IPv4 of the node hosting the prefix (network order), 0 if none: in
 	 * tunnel mode, the VXLAN destination. An entry whose tunnel endpoint is
 	 * this node's own IP is this node's pod range. */
 	__u32 tunnel_endpoint;
-	__u32 flags; /* reserved, 0 */
+	__u32 flags; /* enum fibril_remote_flags */
+	/* The CIDR identity of the longest ipBlock prefix containing this one
+	 * when that is not `identity` (ipBlocks select pod addresses too); 0 if
+	 * none. Policy looks the peer up by identity, then by this. */
+	__u32 cidr_identity;
 };
 
 #define FIBRIL_MAP_IPCACHE fibril_ipcache
@@ -208,6 +221,10 @@ enum fibril_drop_reason {
 	/* The conntrack entry of a new service connection could not be
 	 * written. */
 	FIBRIL_DROP_CT_CREATE = 16,
+	/* NetworkPolicy: a new connection of an isolated endpoint that no
+	 * entry of its policy map allows (bpf/lib/policy.h). The event names
+	 * the direction and the endpoint's policy revision. */
+	FIBRIL_DROP_POLICY_DENIED = 17,
 	__FIBRIL_DROP_MAX,
 };
 
@@ -264,7 +281,12 @@ struct fibril_event {
 	__u8 reason;           /* by type: drop reason, fwd path or pass reason */
 	__u8 hook;             /* enum fibril_hook */
 	__u8 proto;            /* IP protocol */
-	__u8 pad[6];
+	/* FIBRIL_DROP_POLICY_DENIED: the direction that denied (enum
+	 * fibril_policy_dir) and the endpoint's policy revision (low 32 bits);
+	 * 0 otherwise. */
+	__u8 policy_dir;
+	__u8 pad;
+	__u32 policy_revision;
 };
 
 #define FIBRIL_MAP_EVENTS fibril_events
@@ -514,6 +536,105 @@ struct fibril_frag_ports {
 #define FIBRIL_MAP_FRAGS fibril_frags
 #define FIBRIL_MAP_FRAGS_NAME "fibril_frags"
 #define FIBRIL_FRAGS_MAX_ENTRIES 8192
+
+/* ---- network policy (bpf/lib/policy.h) ----------------------------------- *
+ *
+ * Endpoints are named by the ifindex of the host side of their veth. An
+ * endpoint with an entry in fibril_pol_ep is isolated in the directions its
+ * flags say; one without is not isolated at all and costs one lookup. The
+ * allow entries of every endpoint live in one LPM trie, keyed by (endpoint,
+ * generation, peer identity, direction) matched in full, then protocol and
+ * destination port by prefix (fibril_core::policy::map's layout behind the
+ * endpoint, generation and direction). An endpoint's entries are replaced
+ * by writing them under a new generation and then flipping the endpoint's
+ * entry to it, so a packet sees all of the old map or all of the new one.
+ */
+
+enum fibril_policy_dir {
+	FIBRIL_POLICY_INGRESS = 1,
+	FIBRIL_POLICY_EGRESS = 2,
+};
+
+enum fibril_policy_ep_flags {
+	FIBRIL_POLICY_F_INGRESS = 1 << 0, /* ingress is isolated */
+	FIBRIL_POLICY_F_EGRESS = 1 << 1,  /* egress is isolated */
+};
+
+struct fibril_policy_ep_key {
+	__u32 ifindex; /* host side of the pod's veth */
+};
+
+struct fibril_policy_ep {
+	__u32 flags;      /* enum fibril_policy_ep_flags */
+	__u32 generation; /* the generation of the live entries */
+	__u32 revision;   /* the endpoint's policy revision, for drop events */
+	__u32 identity;   /* the endpoint's own identity */
+};
+
+#define FIBRIL_MAP_POLICY_EP fibril_pol_ep
+#define FIBRIL_MAP_POLICY_EP_NAME "fibril_pol_ep"
+#define FIBRIL_POLICY_EP_MAX_ENTRIES FIBRIL_EP_STATS_MAX_ENTRIES
+
+/* The matched part of a policy key (after the LPM prefix length). */
+struct fibril_policy_match {
+	__u32 endpoint;   /* ifindex, as in fibril_policy_ep_key */
+	__u32 generation;
+	__u32 identity;   /* the peer's; FIBRIL_IDENTITY_ANY: every peer */
+	__u8 direction;   /* enum fibril_policy_dir */
+	__u8 proto;       /* IP protocol */
+	__u16 port;       /* destination port, network order */
+};
+
+struct fibril_policy_key {
+	__u32 prefixlen;
+	struct fibril_policy_match data;
+};
+
+/* Prefix lengths: endpoint, generation, identity and direction always;
+ * + 8: one protocol; + 8 + n: a port prefix of n bits. */
+#define FIBRIL_POLICY_PREFIX_ALL_PROTOS 104
+#define FIBRIL_POLICY_PREFIX_PROTO 112
+#define FIBRIL_POLICY_PREFIX_FULL 128
+
+/* NetworkPolicy only allows: every entry is an allow. */
+struct fibril_policy_entry {
+	__u32 flags; /* reserved, 0 */
+};
+
+#define FIBRIL_MAP_POLICY fibril_policy
+#define FIBRIL_MAP_POLICY_NAME "fibril_policy"
+#define FIBRIL_POLICY_MAX_ENTRIES 262144
+
+/* Policy conntrack: the connections an isolated endpoint has let through
+ * (or made while not isolated in that direction), so that their later
+ * packets and replies pass without a policy lookup. Two entries per
+ * connection and endpoint: the tuple as the packet that opened it carries
+ * it, in the direction it crossed the endpoint, and the reversed tuple in
+ * the other direction. Per endpoint and direction, so that one endpoint's
+ * verdict never stands in for another's (a same-node connection meets two
+ * endpoints in one program). Services: the tuple is the backend's (after
+ * DNAT); a reply the service layer translated back is found under the
+ * backend's tuple through the service conntrack. */
+struct fibril_policy_ct_key {
+	__u32 saddr; /* network order */
+	__u32 daddr;
+	__u16 sport; /* network order; 0 without ports */
+	__u16 dport;
+	__u8 proto;
+	__u8 direction; /* enum fibril_policy_dir, at this endpoint */
+	__u16 pad;
+	__u32 ifindex;  /* the endpoint */
+};
+
+struct fibril_policy_ct {
+	__u64 expires_ns; /* bpf_ktime_get_ns deadline */
+	__u8 flags;       /* enum fibril_ct_flags (TCP state of this direction) */
+	__u8 pad[7];
+};
+
+#define FIBRIL_MAP_POLICY_CT fibril_pol_ct
+#define FIBRIL_MAP_POLICY_CT_NAME "fibril_pol_ct"
+#define FIBRIL_POLICY_CT_MAX_ENTRIES 131072
 
 /* ---- programs of bpf/pod.bpf.c (host side of a pod veth) ---------------- */
 

@@ -42,6 +42,9 @@ struct flow {
 	__u16 sport;    /* network order */
 	__u16 dport;
 	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01 ... ACK 0x10) */
+	/* Set by policy.h on a policy drop, for its event. */
+	__u8 policy_dir; /* enum fibril_policy_dir */
+	__u32 policy_revision;
 };
 
 enum frag_kind {

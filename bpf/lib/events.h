@@ -83,6 +83,8 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct flow 
 	ev->reason = reason;
 	ev->hook = f->hook;
 	ev->proto = f->proto;
+	ev->policy_dir = f->policy_dir;
+	ev->policy_revision = f->policy_revision;
 	bpf_ringbuf_submit(ev, 0);
 }
 

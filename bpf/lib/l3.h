@@ -17,6 +17,7 @@
 #include "common.h"
 #include "events.h"
 #include "metrics.h"
+#include "policy.h"
 
 #define IPV4_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
 #define IPV4_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
@@ -48,9 +49,16 @@ static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, cons
 static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f,
 					 const struct fibril_endpoint *ep)
 {
+	int verdict;
+
 	f->dst_identity = ep->identity;
 	if (ep->flags & FIBRIL_ENDPOINT_F_HOST)
 		return pass(skb, f, FIBRIL_PASS_TO_HOST);
+
+	/* The pod's ingress policy (policy.h). */
+	verdict = policy_enforce(skb, f, ep->ifindex, FIBRIL_POLICY_INGRESS);
+	if (verdict != POLICY_PASS)
+		return verdict;
 
 	f->out_ifindex = ep->ifindex;
 	if (f->ttl <= 1)

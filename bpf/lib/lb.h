@@ -202,6 +202,13 @@ static __always_inline int route_after_nat(struct __sk_buff *skb, struct flow *f
 	struct fibril_endpoint *ep;
 	struct fibril_remote *remote;
 
+	/* The client pod's egress policy, on the backend (policy.h). */
+	if (f->hook == FIBRIL_HOOK_FROM_POD) {
+		int verdict = policy_enforce(skb, f, skb->ifindex, FIBRIL_POLICY_EGRESS);
+
+		if (verdict != POLICY_PASS)
+			return verdict;
+	}
 	ep = endpoint_lookup(f->daddr);
 	if (ep)
 		return deliver_local(skb, f, ep);

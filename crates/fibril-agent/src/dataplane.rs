@@ -325,7 +325,7 @@ impl Dataplane for BpfDataplane {
             ifindex: ep.host_ifindex,
             mac: fibril_bpf::MacAddr(ep.pod_mac.0),
             node_mac: fibril_bpf::MacAddr(ep.host_mac.0),
-            identity: fibril_bpf::Identity::UNKNOWN,
+            identity: fibril_bpf::Identity::ANY,
         };
         self.dp
             .upsert_endpoint(ep.ip, &endpoint)
@@ -352,10 +352,15 @@ impl Dataplane for BpfDataplane {
     }
 
     fn upsert_remote(&mut self, prefix: Ipv4Net, node_ip: Ipv4Addr) -> Result<(), DataplaneError> {
-        let remote = fibril_bpf::Remote {
-            identity: fibril_bpf::Identity::UNKNOWN,
-            tunnel_endpoint: Some(node_ip),
-        };
+        // The policy writer may have given the prefix its identities already: keep them.
+        let mut remote = self
+            .dp
+            .maps()
+            .remote(prefix)
+            .map_err(|e| bpf_err("reading the ipcache entry of", prefix.to_string())(Box::new(e)))?
+            .unwrap_or_default();
+        remote.tunnel_endpoint = Some(node_ip);
+        remote.identity_only = false;
         self.dp
             .upsert_remote(prefix, &remote)
             .map_err(|e| bpf_err("writing the ipcache entry of", prefix.to_string())(Box::new(e)))

@@ -26,6 +26,13 @@
 //! of a service connection is translated back and routed to the client. The tc egress
 //! hook toward a pod translates back replies that reach the pod through the stack.
 //!
+//! NetworkPolicy ([`crate::policy`], `bpf/lib/policy.h`): a pod's egress policy applies
+//! to what it sends after the service translation, its ingress policy before anything
+//! is delivered into it (from a pod, the underlay, the tunnel or the stack); a new
+//! connection no entry allows is dropped
+//! ([`DropReason::PolicyDenied`](crate::DropReason::PolicyDenied)), replies of allowed
+//! ones pass by the policy conntrack. Endpoints without policy state pay one lookup.
+//!
 //! Every drop emits an event and counts by reason; forwarded and passed packets emit
 //! events only when sampled ([`DatapathConfig::trace_sample`]).
 //!
@@ -52,6 +59,7 @@ use crate::hook::Hook;
 use crate::loader::{self, HOST, POD};
 use crate::maps::{DatapathMaps, DropCount, Endpoint, Remote};
 use crate::pod::{self, forget_detached_ep_stats};
+use crate::policy::PolicyMaps;
 use crate::services::{ConntrackEntry, ServiceMaps, SyncStats};
 use crate::shared::{self, fibril_config};
 use crate::tcx::{self, Attachments, Prepared};
@@ -132,6 +140,7 @@ pub struct Datapath {
     config: DatapathConfig,
     attachments: Attachments,
     maps: DatapathMaps,
+    policy: PolicyMaps,
     /// Behind a lock so that the control plane can sync through a shared handle; syncs
     /// are serialized.
     services: Mutex<ServiceMaps>,
@@ -158,8 +167,10 @@ impl Datapath {
         let host = loader::load(HOST, pin_dir, Some(&raw))?;
         let maps = DatapathMaps::open(pin_dir)?;
         let services = Mutex::new(ServiceMaps::open(pin_dir)?);
+        let policy = PolicyMaps::open(pin_dir)?;
         Ok(Datapath {
             services,
+            policy,
             pod,
             host,
             pin_dir: pin_dir.to_path_buf(),
@@ -248,6 +259,15 @@ impl Datapath {
 
     pub fn maps_mut(&mut self) -> &mut DatapathMaps {
         &mut self.maps
+    }
+
+    /// The NetworkPolicy maps: see [`PolicyMaps`].
+    pub fn policy(&self) -> &PolicyMaps {
+        &self.policy
+    }
+
+    pub fn policy_mut(&mut self) -> &mut PolicyMaps {
+        &mut self.policy
     }
 
     /// See [`DatapathMaps::upsert_endpoint`].

@@ -126,6 +126,8 @@ code_enum! {
             "no free source port for a masqueraded service connection";
         CtCreate = shared::FIBRIL_DROP_CT_CREATE, "ct_create",
             "the conntrack entry of a new service connection could not be written";
+        PolicyDenied = shared::FIBRIL_DROP_POLICY_DENIED, "policy_denied",
+            "policy denied: no NetworkPolicy allows this new connection of an isolated endpoint";
     }
 }
 
@@ -209,6 +211,20 @@ pub struct Event {
     pub dst_identity: Identity,
     /// skb->len: the frame's length including the Ethernet header.
     pub len: u32,
+    /// [`DropReason::PolicyDenied`]: where the policy denied, and the revision of the
+    /// endpoint's policy that did.
+    pub policy: Option<PolicyVerdict>,
+}
+
+/// The direction of an endpoint's policy.
+pub use fibril_core::policy::Direction as PolicyDirection;
+
+/// What a policy drop event says about the policy that denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyVerdict {
+    pub direction: PolicyDirection,
+    /// The endpoint's policy revision (low 32 bits).
+    pub revision: u32,
 }
 
 impl Event {
@@ -246,6 +262,16 @@ impl Event {
         let hook =
             Hook::from_raw(u32::from(raw.hook)).ok_or_else(|| unknown("hook", raw.hook.into()))?;
         let ip = |be: u32| Ipv4Addr::from(u32::from_be(be));
+        let policy = match u32::from(raw.policy_dir) {
+            0 => None,
+            shared::FIBRIL_POLICY_INGRESS => Some(PolicyDirection::Ingress),
+            shared::FIBRIL_POLICY_EGRESS => Some(PolicyDirection::Egress),
+            other => return Err(unknown("policy direction", other)),
+        }
+        .map(|direction| PolicyVerdict {
+            direction,
+            revision: raw.policy_revision,
+        });
         Ok(Event {
             timestamp_ns: raw.timestamp_ns,
             hook,
@@ -262,6 +288,7 @@ impl Event {
             src_identity: Identity(raw.src_identity),
             dst_identity: Identity(raw.dst_identity),
             len: raw.len,
+            policy,
         })
     }
 }
@@ -434,7 +461,9 @@ mod tests {
             reason: shared::FIBRIL_DROP_TTL_EXCEEDED as u8,
             hook: shared::FIBRIL_HOOK_FROM_POD as u8,
             proto: 17,
-            pad: [0; 6],
+            policy_dir: 0,
+            pad: 0,
+            policy_revision: 0,
         }
     }
 
@@ -461,6 +490,37 @@ mod tests {
         assert_eq!(ev.out_ifindex, None);
         assert_eq!(ev.tunnel_endpoint, Some(Ipv4Addr::new(192, 168, 0, 2)));
         assert_eq!(ev.src_identity, Identity(7));
+        assert_eq!(ev.policy, None);
+    }
+
+    #[test]
+    fn decodes_a_policy_drop() {
+        let mut raw = raw_event();
+        raw.reason = shared::FIBRIL_DROP_POLICY_DENIED as u8;
+        raw.policy_dir = shared::FIBRIL_POLICY_EGRESS as u8;
+        raw.policy_revision = 12;
+        let ev = Event::decode(&bytes_of(&raw), Path::new("x")).unwrap();
+        assert_eq!(ev.verdict, Verdict::Dropped(DropReason::PolicyDenied));
+        assert_eq!(
+            ev.policy,
+            Some(PolicyVerdict {
+                direction: PolicyDirection::Egress,
+                revision: 12
+            })
+        );
+        raw.policy_dir = 7;
+        let err = Event::decode(&bytes_of(&raw), Path::new("x")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BpfError::UnknownEventCode {
+                    field: "policy direction",
+                    value: 7,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`maps`]: endpoints, ipcache and drop counters as typed values ([`DatapathMaps`]);
 //! - [`services`]: the kube-proxy replacement's maps (frontends, backends, affinity,
 //!   conntrack), synced from a [`fibril_core::services::ServiceTable`] ([`ServiceMaps`]);
+//! - [`policy`]: NetworkPolicy enforcement's maps (isolated endpoints, their allow
+//!   entries, policy conntrack), written from `fibril_core::policy` ([`PolicyMaps`]);
 //! - [`events`]: the ring buffer of forwarded, passed and dropped packets
 //!   ([`EventReader`]);
 //! - [`pod`]: per-endpoint counters without forwarding ([`PodCounters`], the bridge-CNI
@@ -24,6 +26,7 @@ pub mod hook;
 mod loader;
 pub mod maps;
 pub mod pod;
+pub mod policy;
 pub mod services;
 pub mod shared;
 pub mod tcx;
@@ -31,11 +34,15 @@ pub mod tcx;
 pub use bpffs::{ensure_bpffs, is_bpffs};
 pub use datapath::{Datapath, DatapathConfig, RoutingMode};
 pub use error::{BpfError, ConfigProblem};
-pub use events::{DropReason, Event, EventReader, ForwardPath, PassReason, Verdict};
+pub use events::{
+    DropReason, Event, EventReader, ForwardPath, PassReason, PolicyDirection, PolicyVerdict,
+    Verdict,
+};
 pub use hook::Hook;
 pub use loader::{HOST_OBJECT, POD_OBJECT};
 pub use maps::{DatapathMaps, DropCount, Endpoint, Identity, MacAddr, ParseMacError, Remote};
 pub use pod::{read_endpoint_counters, EndpointCounters, PodCounters};
+pub use policy::{EndpointRules, PolicyConntrackEntry, PolicyMaps, ProgrammedEndpoint, SetOutcome};
 pub use services::{
     ConntrackEntry, CtDirection, ServiceMaps, SkipReason, Skipped, SyncStats, SERVICE_LOOPBACK,
 };

@@ -17,25 +17,13 @@ use crate::error::BpfError;
 use crate::events::DropReason;
 use crate::shared::{
     self, fibril_drop_stats, fibril_endpoint, fibril_endpoint_key, fibril_remote,
-    FIBRIL_ENDPOINT_F_HOST,
+    FIBRIL_ENDPOINT_F_HOST, FIBRIL_REMOTE_F_NO_ROUTE,
 };
 
-/// A security identity, as the datapath carries it (in events, and in the VXLAN VNI).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity(pub u32);
-
-impl Identity {
-    /// No identity known.
-    pub const UNKNOWN: Identity = Identity(0);
-    /// Identities travel in the 24-bit VXLAN VNI.
-    pub const MAX: u32 = 0x00ff_ffff;
-}
-
-impl std::fmt::Display for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+/// A security identity, as the datapath carries it (endpoints, ipcache, policy keys,
+/// events, the VXLAN VNI): fibril-core's, whose numbering `fibril_shared.h` declares.
+/// [`Identity::ANY`] (0) also means "not known".
+pub use fibril_core::policy::Identity;
 
 /// An Ethernet address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,21 +134,40 @@ impl Endpoint {
 }
 
 /// What is known about a prefix elsewhere (a value of the ipcache).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Remote {
     pub identity: Identity,
     /// The node hosting the prefix: the VXLAN destination in tunnel mode. The entry for
     /// this node's own pod range names this node, and makes the datapath drop traffic to
     /// addresses in it that are no endpoint.
     pub tunnel_endpoint: Option<Ipv4Addr>,
+    /// The CIDR identity of the longest ipBlock prefix containing this one, when that is
+    /// not `identity` ([`fibril_core::policy::IpcacheEntry::cidr_identity`]).
+    pub cidr_identity: Option<Identity>,
+    /// The entry only names identities (the world, node addresses, ipBlock prefixes
+    /// outside the pod ranges): routing treats its addresses as unknown, as without it.
+    pub identity_only: bool,
 }
 
 impl Remote {
+    /// A routing entry: `prefix` lives on the node at `tunnel_endpoint`; identity unknown.
+    pub fn route(tunnel_endpoint: Ipv4Addr) -> Self {
+        Remote {
+            tunnel_endpoint: Some(tunnel_endpoint),
+            ..Remote::default()
+        }
+    }
+
     fn to_raw(self) -> fibril_remote {
         fibril_remote {
             identity: self.identity.0,
             tunnel_endpoint: self.tunnel_endpoint.map_or(0, be),
-            flags: 0,
+            flags: if self.identity_only {
+                FIBRIL_REMOTE_F_NO_ROUTE
+            } else {
+                0
+            },
+            cidr_identity: self.cidr_identity.map_or(0, |i| i.0),
         }
     }
 
@@ -169,6 +176,8 @@ impl Remote {
             identity: Identity(raw.identity),
             tunnel_endpoint: (raw.tunnel_endpoint != 0)
                 .then(|| Ipv4Addr::from(u32::from_be(raw.tunnel_endpoint))),
+            cidr_identity: (raw.cidr_identity != 0).then_some(Identity(raw.cidr_identity)),
+            identity_only: raw.flags & FIBRIL_REMOTE_F_NO_ROUTE != 0,
         }
     }
 }
@@ -296,12 +305,52 @@ impl DatapathMaps {
     /// Inserts or replaces the entry for `prefix` (host bits are ignored).
     pub fn upsert_remote(&mut self, prefix: Ipv4Net, remote: &Remote) -> Result<(), BpfError> {
         Self::check_identity(remote.identity)?;
+        if let Some(c) = remote.cidr_identity {
+            Self::check_identity(c)?;
+        }
         self.ipcache
             .insert(&lpm_key(prefix), remote.to_raw(), 0)
             .map_err(|source| BpfError::Map {
                 path: self.path(shared::MAP_IPCACHE),
                 source,
             })
+    }
+
+    /// The entry for exactly `prefix` (host bits are ignored), if there is one.
+    pub fn remote(&self, prefix: Ipv4Net) -> Result<Option<Remote>, BpfError> {
+        match self.ipcache.get(&lpm_key(prefix), 0) {
+            Ok(raw) => Ok(Some(Remote::from_raw(raw))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(BpfError::Map {
+                path: self.path(shared::MAP_IPCACHE),
+                source,
+            }),
+        }
+    }
+
+    /// Sets the endpoint at `ip`'s identity, keeping the rest; returns whether there was
+    /// such an endpoint.
+    pub fn set_endpoint_identity(
+        &mut self,
+        ip: Ipv4Addr,
+        identity: Identity,
+    ) -> Result<bool, BpfError> {
+        Self::check_identity(identity)?;
+        let key = fibril_endpoint_key { ipv4: be(ip) };
+        let path = self.path(shared::MAP_ENDPOINTS);
+        let mut raw = match self.endpoints.get(&key, 0) {
+            Ok(raw) => raw,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(source) => return Err(BpfError::Map { path, source }),
+        };
+        if raw.identity == identity.0 {
+            return Ok(true);
+        }
+        raw.identity = identity.0;
+        self.endpoints
+            .insert(key, raw, 0)
+            .map_err(|source| BpfError::Map { path, source })?;
+        Ok(true)
     }
 
     /// Removes the entry for `prefix`; returns whether there was one.
@@ -434,6 +483,8 @@ mod tests {
         let r = Remote {
             identity: Identity(5),
             tunnel_endpoint: Some(Ipv4Addr::new(192, 168, 1, 2)),
+            cidr_identity: Some(Identity(0x80_0001)),
+            identity_only: false,
         };
         let raw = r.to_raw();
         assert_eq!(raw.tunnel_endpoint.to_ne_bytes(), [192, 168, 1, 2]);
@@ -441,6 +492,8 @@ mod tests {
         let none = Remote {
             identity: Identity(5),
             tunnel_endpoint: None,
+            cidr_identity: None,
+            identity_only: true,
         };
         assert_eq!(Remote::from_raw(none.to_raw()), none);
     }

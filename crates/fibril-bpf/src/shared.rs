@@ -41,6 +41,12 @@ unsafe impl aya::Pod for fibril_ct_key {}
 unsafe impl aya::Pod for fibril_ct_entry {}
 unsafe impl aya::Pod for fibril_frag_key {}
 unsafe impl aya::Pod for fibril_frag_ports {}
+unsafe impl aya::Pod for fibril_policy_ep_key {}
+unsafe impl aya::Pod for fibril_policy_ep {}
+unsafe impl aya::Pod for fibril_policy_match {}
+unsafe impl aya::Pod for fibril_policy_entry {}
+unsafe impl aya::Pod for fibril_policy_ct_key {}
+unsafe impl aya::Pod for fibril_policy_ct {}
 
 /// Key of the endpoint counter map.
 pub type EpKey = fibril_ep_key;
@@ -83,6 +89,12 @@ pub const MAP_SVC_META: &str = name(FIBRIL_MAP_SVC_META_NAME);
 pub const MAP_CT: &str = name(FIBRIL_MAP_CT_NAME);
 /// Ports of fragmented datagrams (LRU): [`fibril_frag_key`] -> [`fibril_frag_ports`].
 pub const MAP_FRAGS: &str = name(FIBRIL_MAP_FRAGS_NAME);
+/// Policy state per endpoint: [`fibril_policy_ep_key`] -> [`fibril_policy_ep`].
+pub const MAP_POLICY_EP: &str = name(FIBRIL_MAP_POLICY_EP_NAME);
+/// Policy allow entries (LPM trie): [`fibril_policy_key`] -> [`fibril_policy_entry`].
+pub const MAP_POLICY: &str = name(FIBRIL_MAP_POLICY_NAME);
+/// Policy conntrack (LRU): [`fibril_policy_ct_key`] -> [`fibril_policy_ct`].
+pub const MAP_POLICY_CT: &str = name(FIBRIL_MAP_POLICY_CT_NAME);
 
 /// tc ingress program on the host-side pod veth (packets from the pod).
 pub const PROG_FROM_POD: &str = name(FIBRIL_PROG_FROM_POD_NAME);
@@ -108,6 +120,9 @@ pub const MAP_NAMES: &[&str] = &[
     MAP_SVC_META,
     MAP_CT,
     MAP_FRAGS,
+    MAP_POLICY_EP,
+    MAP_POLICY,
+    MAP_POLICY_CT,
 ];
 /// Every program of `pod.bpf.o`.
 pub const POD_PROGRAM_NAMES: &[&str] = &[PROG_FROM_POD, PROG_TO_POD];
@@ -159,10 +174,26 @@ mod tests {
         assert_eq!(core::mem::offset_of!(fibril_ipcache_key, ipv4), 4);
     }
 
+    /// The policy trie's key as aya builds it (prefix length + match) must be the
+    /// header's key.
+    #[test]
+    fn policy_key_matches_aya_lpm_key() {
+        assert_eq!(
+            size_of::<aya::maps::lpm_trie::Key<fibril_policy_match>>(),
+            size_of::<fibril_policy_key>()
+        );
+        assert_eq!(core::mem::offset_of!(fibril_policy_key, data), 4);
+        assert_eq!(size_of::<fibril_policy_match>(), 16);
+        assert_eq!(
+            FIBRIL_POLICY_PREFIX_FULL as usize,
+            8 * size_of::<fibril_policy_match>()
+        );
+    }
+
     #[test]
     fn event_has_no_implicit_padding() {
         // Field sizes summed: a hole would make the sum smaller than the struct.
-        let fields = 8 + 8 * 4 + 3 * 2 + 4 + 6;
+        let fields = 8 + 8 * 4 + 3 * 2 + 4 + 2 + 4;
         assert_eq!(size_of::<fibril_event>(), fields);
         assert_eq!(size_of::<fibril_endpoint>(), 4 + 4 + 6 + 6 + 4);
         assert_eq!(size_of::<fibril_svc_key>(), 4 + 2 + 1 + 1);
@@ -173,6 +204,13 @@ mod tests {
         assert_eq!(size_of::<fibril_affinity_key>(), 4 + 4);
         assert_eq!(size_of::<fibril_affinity>(), 8 + 8);
         assert_eq!(size_of::<fibril_ct_key>(), 4 + 4 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<fibril_remote>(), 4 * 4);
+        assert_eq!(size_of::<fibril_policy_ep>(), 4 * 4);
+        assert_eq!(
+            size_of::<fibril_policy_ct_key>(),
+            4 + 4 + 2 + 2 + 1 + 1 + 2 + 4
+        );
+        assert_eq!(size_of::<fibril_policy_ct>(), 8 + 1 + 7);
         assert_eq!(
             size_of::<fibril_ct_entry>(),
             8 + 4 + 4 + 2 + 2 + 4 + 1 + 1 + 6

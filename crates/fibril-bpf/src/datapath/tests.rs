@@ -44,6 +44,7 @@ const DPORT: u16 = 8080;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+mod policy;
 mod services;
 
 /// A pin dir on bpffs, removed on drop.
@@ -149,6 +150,7 @@ fn populate(dp: &mut Datapath) {
         &Remote {
             identity: Identity(2),
             tunnel_endpoint: Some(NODE_IP),
+            ..Remote::default()
         },
     )
     .unwrap();
@@ -157,6 +159,7 @@ fn populate(dp: &mut Datapath) {
         &Remote {
             identity: Identity(200),
             tunnel_endpoint: Some(PEER_NODE_IP),
+            ..Remote::default()
         },
     )
     .unwrap();
@@ -378,6 +381,7 @@ fn tunnel_mode_sets_the_key_and_redirects_to_the_vxlan_device() {
             &Remote {
                 identity: Identity(2),
                 tunnel_endpoint: None,
+                ..Remote::default()
             },
         )
         .unwrap();
@@ -573,6 +577,7 @@ fn native_mode_follows_the_fib() {
                 &Remote {
                     identity: Identity(300),
                     tunnel_endpoint: None,
+                    ..Remote::default()
                 },
             )
             .unwrap();

@@ -109,6 +109,7 @@ impl Node {
             Remote {
                 identity: Identity(self.identity),
                 tunnel_endpoint: Some(self.ip),
+                ..Remote::default()
             },
         )
     }
