@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The main job: install, build, bring up a 3-node lab, deploy an echo app and show
-# real requests succeeding same-node and cross-node, over TCP/HTTP and UDP.
+# The main job: install, build, bring up a 3-node lab on fibril's own CNI and eBPF datapath,
+# deploy an echo app and show real requests succeeding same-node and cross-node, over
+# TCP/HTTP and UDP, through fibril's BPF programs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-echo "==> building fibril (release)"
-cargo build --release --bin fibril
+echo "==> building fibril and its CNI plugin (release)"
+# The lab installs fibril-cni from next to the fibril binary into every node.
+cargo build --release --bin fibril --bin fibril-cni
 FIBRIL="$PWD/target/release/fibril"
 LAB="${FIBRIL_LAB:-fibril}"
 
-"$FIBRIL" lab up --name "$LAB" --nodes 3 --cni bridge
+# fibril's CNI is the lab's default (--cni bridge runs the reference plugins instead).
+"$FIBRIL" lab up --name "$LAB" --nodes 3
 "$FIBRIL" lab apply --name "$LAB" -f demo/echo.yaml
 
 echo "==> waiting for the demo pods to be Ready"
@@ -34,8 +37,11 @@ echo "==> requests from pod demo/client on $client_node"
     echo "  UDP  $where -> $name ($ip on $node): $udp"
   done
 
-echo "==> per-endpoint packet counters from fibril's BPF program on each pod veth"
+echo "==> per-endpoint packet counters from fibril's BPF programs on each pod veth"
 "$FIBRIL" bpf counters --name "$LAB"
+
+echo "==> fibril's agent on $client_node: BPF host routing, IPAM, endpoints, attached programs"
+"$FIBRIL" status --name "$LAB" --node "$client_node"
 
 echo "==> lab status"
 "$FIBRIL" lab status --name "$LAB"

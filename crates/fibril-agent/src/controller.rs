@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use fibril_core::agent_config::{IpamSource, Routing, ValidConfig};
 use fibril_core::cidr::contains;
-use fibril_core::ipam::check_node_pod_cidr;
+use fibril_core::ipam::{check_node_pod_cidr, PodCidr, PoolStats};
+use fibril_core::kinds::{FibrilIPPool, FibrilNode, DEFAULT_POOL_NAME};
 use fibril_netlink::{NetNs, Route, VxlanOptions};
 use futures::StreamExt as _;
 use ipnet::{IpNet, Ipv4Net};
@@ -23,8 +24,8 @@ use crate::dataplane::{BpfDataplane, CountersDataplane, Dataplane, HostRouting};
 use crate::endpoint;
 use crate::ipam::{node_subnets, route_infos, NodeIpam};
 use crate::status::{
-    status_socket_path, AgentStatus, ApiStatus, EndpointStatus, IpamStatus, PeerStatus,
-    ServicesStatus, TunnelStatus,
+    read_refusal, refusal_path, status_socket_path, AgentStatus, ApiStatus, EndpointStatus,
+    IpamStatus, PeerStatus, Refusal, ServicesStatus, TunnelStatus,
 };
 
 /// The VXLAN device of tunnel mode.
@@ -35,6 +36,8 @@ const VXLAN_OVERHEAD: u32 = 50;
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How often peers are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(10);
+/// Pause before retrying an API call of the cluster-pool claim.
+const API_RETRY: Duration = Duration::from_secs(1);
 
 /// Settings that are not part of the agent's configuration file.
 #[derive(Clone, Debug, Default)]
@@ -58,6 +61,10 @@ struct Runtime {
     problems: Vec<String>,
     /// Published by the services loop.
     services: Option<ServicesStatus>,
+    /// cluster-pool mode: block usage of the pool, as last read.
+    pool_stats: Option<PoolStats>,
+    /// The last refusal to start (read at start from the state dir), until ready.
+    refusal: Option<Refusal>,
 }
 
 /// One peer as the loop uses it.
@@ -68,21 +75,84 @@ struct Peer {
     pod_cidr: Option<Ipv4Net>,
 }
 
-fn peer_of(n: &Node) -> Peer {
+/// A node as a peer. `blocks` are the nodes' claimed blocks in cluster-pool mode (from
+/// their FibrilNodes), `None` in kubernetes mode, where `spec.podCIDR` is the range.
+fn peer_of(n: &Node, blocks: Option<&BTreeMap<String, Ipv4Net>>) -> Peer {
+    let name = n.metadata.name.clone().unwrap_or_default();
+    let pod_cidr = match blocks {
+        Some(b) => b.get(&name).copied(),
+        None => n
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_ref())
+            .and_then(|c| c.parse().ok()),
+    };
     Peer {
-        name: n.metadata.name.clone().unwrap_or_default(),
         ip: n
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
             .and_then(|a| a.address.parse().ok()),
-        pod_cidr: n
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_cidr.as_ref())
-            .and_then(|c| c.parse().ok()),
+        name,
+        pod_cidr,
     }
+}
+
+/// Every node's claimed block, by node name, from the FibrilNode store.
+fn claimed_blocks(store: &reflector::Store<FibrilNode>) -> BTreeMap<String, Ipv4Net> {
+    store
+        .state()
+        .iter()
+        .filter_map(|f| {
+            let name = f.metadata.name.clone()?;
+            match f.pod_cidr()?.net() {
+                IpNet::V4(n) => Some((name, n)),
+                IpNet::V6(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// A watch that keeps `writer`'s store current and records API contact in `runtime`.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    runtime: Arc<Mutex<Runtime>>,
+    what: &'static str,
+) -> AbortOnDrop
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let watch = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .for_each(move |r| {
+            let rt = runtime.clone();
+            async move {
+                let mut st = rt.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(_) => {
+                        st.api.connected = true;
+                        st.api.error = None;
+                        st.api.last_contact = Some(now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "{what} watch");
+                        st.api.connected = false;
+                        st.api.error = Some(e.to_string());
+                    }
+                }
+            }
+        });
+    AbortOnDrop(tokio::spawn(watch))
 }
 
 /// A kube client for `apiServer`, or the client's own discovery when it is unset.
@@ -152,6 +222,7 @@ pub async fn run_with_options(
         .with_context(|| format!("creating {}", config.paths.state_dir.display()))?;
     let agent = Arc::new(Agent::new(config.clone(), netns));
     let runtime = Arc::new(Mutex::new(Runtime {
+        refusal: read_refusal(&config.paths.state_dir),
         api: ApiStatus {
             server: config
                 .api_server
@@ -208,33 +279,45 @@ async fn main_loop(
 ) -> anyhow::Result<()> {
     let config = agent.config().clone();
     let node_name = config.node_name.as_str().to_string();
-    let nodes: Api<Node> = Api::all(client.clone());
+    let cluster_pool = match &config.ipam {
+        IpamSource::ClusterPool(p) => Some(p.clone()),
+        IpamSource::Kubernetes => None,
+    };
     let (reader, writer) = reflector::store::<Node>();
-    let rt = runtime.clone();
-    let watch = watcher(nodes, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .for_each(move |r| {
-            let rt = rt.clone();
-            async move {
-                let mut st = rt.lock().unwrap_or_else(|p| p.into_inner());
-                match r {
-                    Ok(_) => {
-                        st.api.connected = true;
-                        st.api.error = None;
-                        st.api.last_contact = Some(now());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "node watch");
-                        st.api.connected = false;
-                        st.api.error = Some(e.to_string());
-                    }
-                }
-            }
-        });
-    let watch_task = tokio::spawn(watch);
-    let _guard = AbortOnDrop(watch_task);
+    let _nodes_watch = spawn_reflector(
+        Api::<Node>::all(client.clone()),
+        writer,
+        runtime.clone(),
+        "node",
+    );
+    // cluster-pool: peers' blocks come from their FibrilNodes, the pool's usage from the
+    // pool object.
+    let (fnodes, _fnodes_watch, pools, _pools_watch) = if cluster_pool.is_some() {
+        let (fr, fw) = reflector::store::<FibrilNode>();
+        let (pr, pw) = reflector::store::<FibrilIPPool>();
+        (
+            Some(fr),
+            Some(spawn_reflector(
+                Api::<FibrilNode>::all(client.clone()),
+                fw,
+                runtime.clone(),
+                "FibrilNode",
+            )),
+            Some(pr),
+            Some(spawn_reflector(
+                Api::<FibrilIPPool>::all(client.clone()),
+                pw,
+                runtime.clone(),
+                "FibrilIPPool",
+            )),
+        )
+    } else {
+        (None, None, None, None)
+    };
+    let current_peers = |state: &[Arc<Node>]| -> Vec<Peer> {
+        let blocks = fnodes.as_ref().map(claimed_blocks);
+        state.iter().map(|n| peer_of(n, blocks.as_ref())).collect()
+    };
 
     // 1. Our node, with its pod range.
     agent.set_not_ready(format!("waiting for node {node_name} in the API"));
@@ -247,7 +330,7 @@ async fn main_loop(
                 .api
                 .connected = true;
         }
-        let all: Vec<Peer> = state.iter().map(|n| peer_of(n)).collect();
+        let all: Vec<Peer> = current_peers(&state);
         if let Some(own) = all.iter().find(|p| p.name == node_name) {
             let raw = state
                 .iter()
@@ -275,14 +358,36 @@ async fn main_loop(
 
     // 2. IPAM: the pod range, checked against everything on the node (seed 000) and, in
     //    native mode, against the native-routing CIDR (seed 002).
-    let peer_ranges: Vec<IpNet> = peers
+    let (routes, addrs) = blocking(|| -> anyhow::Result<_> {
+        Ok((agent.netns().routes()?, agent.netns().addrs()?))
+    })?;
+    // Routes fibril installed itself are not foreign claims on the address space: routes to
+    // peers' pod ranges (kubernetes mode: their spec.podCIDR; cluster-pool mode: any block
+    // claimed in the pool, or any block of the pool routed via a cluster node, which covers
+    // the route left behind by a peer that departed while this agent was down).
+    let mut peer_ranges: Vec<IpNet> = peers
         .iter()
         .filter_map(|p| p.pod_cidr)
         .map(IpNet::V4)
         .collect();
-    let (routes, addrs) = blocking(|| -> anyhow::Result<_> {
-        Ok((agent.netns().routes()?, agent.netns().addrs()?))
-    })?;
+    if let Some(pool) = &cluster_pool {
+        agent.set_not_ready("reading the cluster pool");
+        let state = retry_api(&agent, "reading the cluster pool", || {
+            crate::pool::read_state(&client)
+        })
+        .await
+        .map_err(|e| refuse(&agent, format!("IPAM: {e}")))?;
+        peer_ranges.extend(state.iter().flat_map(|s| s.blocks.keys().map(|b| b.net())));
+        let node_ips: Vec<Ipv4Addr> = peers.iter().filter_map(|p| p.ip).collect();
+        for r in &routes {
+            let block = PodCidr::new(IpNet::V4(r.dst)).ok();
+            if r.via.is_some_and(|v| node_ips.contains(&v))
+                && block.is_some_and(|b| pool.is_block(&b))
+            {
+                peer_ranges.push(IpNet::V4(r.dst));
+            }
+        }
+    }
     let is_ours = |dev: &str| endpoint::is_pod_veth(dev) || dev == TUNNEL_DEVICE;
     let checks = config.overlap_check(
         route_infos(&routes, is_ours, &peer_ranges),
@@ -301,12 +406,57 @@ async fn main_loop(
                 format!("IPAM refused node {node_name}'s pod CIDR: {e}"),
             )
         })?,
-        IpamSource::ClusterPool(_) => {
-            return Err(refuse(
-                &agent,
-                "ipam.mode cluster-pool is not implemented by this agent yet; use kubernetes"
-                    .into(),
-            ))
+        IpamSource::ClusterPool(pool) => {
+            let cidrs: Vec<String> = pool.cidrs().iter().map(|c| c.to_string()).collect();
+            pool.refuse_overlaps(&checks).map_err(|e| {
+                refuse(
+                    &agent,
+                    format!("IPAM refused cluster pool {}: {e}", cidrs.join(",")),
+                )
+            })?;
+            let preferred = NodeIpam::persisted_block(&config.paths.state_dir)
+                .map_err(|e| refuse(&agent, format!("IPAM state: {e}")))?;
+            agent.set_not_ready(format!(
+                "claiming a /{} block from cluster pool {}",
+                pool.mask(),
+                cidrs.join(",")
+            ));
+            let c = retry_api(&agent, "claiming a block", || {
+                crate::pool::claim(&client, pool, &config.node_name, &checks, preferred)
+            })
+            .await
+            .map_err(|e| refuse(&agent, format!("IPAM: {e}")))?;
+            for run in &c.refused {
+                tracing::warn!(pool = %cidrs.join(","), "{run}");
+            }
+            tracing::info!(
+                block = %c.block,
+                pool = %c.pool_name,
+                newly_claimed = c.newly_claimed,
+                conflicts = c.conflicts,
+                held = %c.stats.held,
+                free = %c.stats.free,
+                "cluster-pool block {}",
+                if c.newly_claimed { "claimed" } else { "already held" }
+            );
+            loop {
+                match crate::pool::record_node(&client, &config.node_name, c.block, &c.pool_name)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let why = format!(
+                            "recording block {} in FibrilNode/{node_name}: {e}; retrying",
+                            c.block
+                        );
+                        tracing::warn!("{why}");
+                        agent.set_not_ready(why);
+                        tokio::time::sleep(API_RETRY).await;
+                    }
+                }
+            }
+            runtime.lock().unwrap_or_else(|p| p.into_inner()).pool_stats = Some(c.stats);
+            c.block
         }
     };
     if let Some(native) = config.native_routing_cidr() {
@@ -425,6 +575,10 @@ async fn main_loop(
         let mut st = runtime.lock().unwrap_or_else(|p| p.into_inner());
         st.conflist = Some(path);
         st.startup_problems = problems;
+        st.refusal = None;
+    }
+    if let Err(e) = crate::persist::remove_durable(&refusal_path(&config.paths.state_dir)) {
+        tracing::warn!(error = %e, "cannot remove the record of an earlier refusal");
     }
     let _services = {
         let rt = runtime.clone();
@@ -442,10 +596,8 @@ async fn main_loop(
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     loop {
         tick.tick().await;
-        let peers: Vec<Peer> = reader
-            .state()
-            .iter()
-            .map(|n| peer_of(n))
+        let peers: Vec<Peer> = current_peers(&reader.state())
+            .into_iter()
             .filter(|p| p.name != node_name)
             .collect();
         let probe = last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
@@ -470,6 +622,49 @@ async fn main_loop(
                 ));
             }
         }
+        if let (Some(pool), Some(pools), Some(fnodes)) = (&cluster_pool, &pools, &fnodes) {
+            let own = claimed_blocks(fnodes).get(&node_name).copied();
+            if own.is_some_and(|b| IpNet::V4(b) != block.net()) {
+                drift.push(format!(
+                    "FibrilNode/{node_name} now records pod CIDR {} but the agent allocates \
+                     from {block}: drain the node and restart the agent",
+                    own.map(|b| b.to_string()).unwrap_or_default()
+                ));
+            }
+            if let Some(obj) = pools
+                .state()
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(DEFAULT_POOL_NAME))
+            {
+                match obj.pool_state() {
+                    Ok(state) => {
+                        if state.block_of(&config.node_name) != Some(block) {
+                            drift.push(format!(
+                                "FibrilIPPool/{DEFAULT_POOL_NAME} no longer records block \
+                                 {block} for this node: another node may be handed it; restart \
+                                 the agent to claim it again"
+                            ));
+                        }
+                        let stats = pool.stats(&state);
+                        if stats.free == 0 {
+                            drift.push(format!(
+                                "cluster pool {} has no free /{} block: a new node cannot get \
+                                 a pod CIDR (pool exhausted)",
+                                obj.spec
+                                    .cidrs
+                                    .iter()
+                                    .map(|c| c.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                                pool.mask()
+                            ));
+                        }
+                        runtime.lock().unwrap_or_else(|p| p.into_inner()).pool_stats = Some(stats);
+                    }
+                    Err(e) => drift.push(e.to_string()),
+                }
+            }
+        }
         if probe {
             drift.extend(blocking(|| sysctl_drift(agent.netns(), &uplink)));
         }
@@ -492,6 +687,31 @@ async fn main_loop(
                 tracing::warn!(problem = %d, "drift");
             }
             st.problems = drift;
+        }
+    }
+}
+
+/// Runs an API step of the cluster-pool claim until the API server answers: an unreachable
+/// API server is not a refusal (the agent says what it waits for, in status and logs);
+/// anything the step decides (overlaps, exhaustion, a foreign pool) is returned.
+async fn retry_api<T, F, Fut>(
+    agent: &Agent,
+    what: &str,
+    mut step: F,
+) -> Result<T, crate::pool::PoolClaimError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::pool::PoolClaimError>>,
+{
+    loop {
+        match step().await {
+            Err(e @ crate::pool::PoolClaimError::Api { .. }) => {
+                let why = format!("{what}: {e}; retrying");
+                tracing::warn!("{why}");
+                agent.set_not_ready(why);
+                tokio::time::sleep(API_RETRY).await;
+            }
+            other => return other,
         }
     }
 }
@@ -531,10 +751,23 @@ fn block_v4(block: &fibril_core::ipam::PodCidr) -> anyhow::Result<Ipv4Net> {
     }
 }
 
-/// Logs the refusal, shows it in status (while the process lives), returns it as the error.
+/// Logs the refusal, shows it in status (while the process lives) and records it in the
+/// state dir (for `fibril status` once the process is gone), returns it as the error.
 fn refuse(agent: &Agent, why: String) -> anyhow::Error {
     tracing::error!(refused = %why, "the agent refuses to start");
     agent.set_not_ready(format!("refused: {why}"));
+    let config = agent.config();
+    let record = Refusal {
+        node: config.node_name.to_string(),
+        at: now(),
+        reason: why.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&record).expect("plain JSON");
+    if let Err(e) =
+        crate::persist::write_atomic(&refusal_path(&config.paths.state_dir), &bytes, 0o644)
+    {
+        tracing::warn!(error = %e, "cannot record the refusal in the state dir");
+    }
     anyhow::anyhow!(why)
 }
 
@@ -722,17 +955,19 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
             }),
         ),
     };
-    let (ipam_mode, pool) = match &config.ipam {
-        IpamSource::Kubernetes => ("kubernetes", Vec::new()),
-        IpamSource::ClusterPool(p) => (
-            "cluster-pool",
-            p.cidrs().iter().map(|c| c.to_string()).collect(),
-        ),
-    };
-    let mut ipam = IpamStatus {
-        mode: ipam_mode.into(),
-        pool,
-        ..IpamStatus::default()
+    let mut ipam = match &config.ipam {
+        IpamSource::Kubernetes => IpamStatus {
+            mode: "kubernetes".into(),
+            ..IpamStatus::default()
+        },
+        IpamSource::ClusterPool(p) => IpamStatus {
+            mode: "cluster-pool".into(),
+            pool: p.cidrs().iter().map(|c| c.to_string()).collect(),
+            node_mask: Some(p.mask()),
+            pool_object: Some(format!("FibrilIPPool/{DEFAULT_POOL_NAME}")),
+            pool_blocks: rt.pool_stats,
+            ..IpamStatus::default()
+        },
     };
     if let Some(i) = agent.ipam() {
         let s = i.stats();
@@ -803,5 +1038,6 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
         conflist: rt.conflist.clone(),
         services: rt.services.clone(),
         problems,
+        refusal: if ready { None } else { rt.refusal.clone() },
     }
 }

@@ -89,6 +89,21 @@ impl NodeIpam {
         })
     }
 
+    /// The block of the allocations persisted in `state_dir`, when some are held: in
+    /// cluster-pool mode the agent asks for that block back, so its pods keep their
+    /// addresses even if the cluster lost the claim.
+    pub fn persisted_block(state_dir: &Path) -> Result<Option<PodCidr>, NodeIpamError> {
+        let path = state_dir.join(IPAM_FILE);
+        let Some(text) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let a = Allocator::decode(&text).map_err(|source| NodeIpamError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        Ok((a.allocations().count() > 0).then(|| a.block()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Allocator> {
         // A panic while holding the lock leaves the previous, consistent value.
         self.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -1,9 +1,11 @@
 //! fibril-agent: the per-node daemon of fibril.
 //!
 //! It owns, for one node:
-//! - **IPAM**: the node's pod range (`node.spec.podCIDR` in kubernetes mode), refused when
-//!   it overlaps a route, a node subnet, the Service range or a reserved range (seed 000),
-//!   and the address allocator, persisted before any address is handed out (seed 002);
+//! - **IPAM**: the node's pod range (`node.spec.podCIDR` in kubernetes mode, a block claimed
+//!   from the cluster pool's `FibrilIPPool` with optimistic concurrency in cluster-pool mode,
+//!   [`pool`]), refused when it overlaps a route, a node subnet, the Service range or a
+//!   reserved range (seed 000), and the address allocator, persisted before any address is
+//!   handed out (seed 002);
 //! - the **CNI server** on `socketPath` ([`fibril_core::cni_api`]): ADD, DEL, CHECK, STATUS
 //!   and GC for the `fibril-cni` plugin ([`agent`]), answering "not available" (50) until
 //!   ready;
@@ -26,6 +28,7 @@ pub mod dataplane;
 pub mod endpoint;
 pub mod ipam;
 pub mod persist;
+pub mod pool;
 pub mod probe;
 pub mod server;
 pub mod services;
@@ -33,4 +36,4 @@ pub mod status;
 
 pub use agent::{Agent, Readiness};
 pub use controller::{run, run_with, run_with_options, uninstall, RunOptions, TUNNEL_DEVICE};
-pub use status::{read_status, status_socket_path, AgentStatus};
+pub use status::{read_refusal, read_status, status_socket_path, AgentStatus, Refusal};

@@ -17,6 +17,34 @@ pub fn status_socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(STATUS_SOCKET)
 }
 
+/// The file under `stateDir` holding the agent's last refusal to start. A refusing agent
+/// exits (its supervisor restarts it, and it checks again), so the socket is gone most of
+/// the time: this record is what `fibril status` and `fibril lab status` show then. It is
+/// removed once the agent is ready.
+pub const REFUSAL_FILE: &str = "refused.json";
+
+/// Why the agent last refused to start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    pub node: String,
+    /// RFC 3339.
+    pub at: String,
+    /// The refusal, naming what was refused and why (both ranges for an overlap).
+    pub reason: String,
+}
+
+/// Where the refusal record of an agent with this `stateDir` is.
+pub fn refusal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(REFUSAL_FILE)
+}
+
+/// The agent's last refusal, if it has refused since it was last ready.
+pub fn read_refusal(state_dir: &Path) -> Option<Refusal> {
+    let text = std::fs::read_to_string(refusal_path(state_dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatus {
@@ -54,6 +82,9 @@ pub struct AgentStatus {
     pub services: Option<ServicesStatus>,
     /// Everything currently wrong that did not stop the agent.
     pub problems: Vec<String>,
+    /// The last refusal to start, while the agent is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
 
 /// Service load balancing on this node: what was translated and synced, and what is wrong.
@@ -143,6 +174,15 @@ pub struct IpamStatus {
     /// The cluster pool (cluster-pool mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool: Vec<String>,
+    /// The size of each node's block (cluster-pool mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mask: Option<u8>,
+    /// The pool object the blocks are claimed in (cluster-pool mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_object: Option<String>,
+    /// The pool's blocks: held by nodes and free (cluster-pool mode, as last read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_blocks: Option<fibril_core::ipam::PoolStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_cidr: Option<String>,
     pub used: u128,
@@ -252,6 +292,9 @@ impl AgentStatus {
                 None => "no".into(),
             },
         );
+        if let Some(r) = &self.refusal {
+            line("Refused:", format!("at {}: {}", r.at, r.reason));
+        }
         let mut routing = self.routing_mode.clone();
         if let Some(n) = &self.native_routing_cidr {
             routing.push_str(&format!(" (native-routing CIDR {n})"));
@@ -289,6 +332,19 @@ impl AgentStatus {
             ipam.push_str(" (EXHAUSTED)");
         }
         line("IPAM:", ipam);
+        if let Some(b) = &i.pool_blocks {
+            line(
+                "Pool blocks:",
+                format!(
+                    "/{} blocks: {} held, {} free of {}{}",
+                    i.node_mask.unwrap_or_default(),
+                    b.held,
+                    b.free,
+                    b.total,
+                    if b.free == 0 { " (EXHAUSTED)" } else { "" }
+                ),
+            );
+        }
         line("Endpoints:", self.endpoints.len().to_string());
         for e in &self.endpoints {
             out.push_str(&format!(

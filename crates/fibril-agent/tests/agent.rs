@@ -124,6 +124,8 @@ struct Opts {
     force_legacy: Option<&'static str>,
     native_cidr: &'static str,
     with_pod_cidr: Option<&'static str>,
+    /// `ipam.mode: cluster-pool` with this pool (/24 blocks) instead of kubernetes mode.
+    cluster_pool: Option<&'static str>,
 }
 
 impl Default for Opts {
@@ -133,6 +135,7 @@ impl Default for Opts {
             force_legacy: None,
             native_cidr: "10.250.0.0/16",
             with_pod_cidr: Some(NODE_CIDR),
+            cluster_pool: None,
         }
     }
 }
@@ -223,9 +226,15 @@ impl Env {
 
     fn config(&self, opts: &Opts) -> ValidConfig {
         let d = self.dir.path();
+        let ipam = match opts.cluster_pool {
+            None => "  mode: kubernetes\n".to_string(),
+            Some(pool) => {
+                format!("  mode: cluster-pool\n  clusterPoolCidrs: [{pool}]\n  nodeMaskSize: 24\n")
+            }
+        };
         let yaml = format!(
             "nodeName: {node}\napiServer: {api}\nroutingMode: native\nnativeRoutingCidr: {native}\n\
-             ipam:\n  mode: kubernetes\n  reservedCidrs: [192.168.77.0/24]\nserviceCidr: 10.96.0.0/16\n\
+             ipam:\n{ipam}  reservedCidrs: [192.168.77.0/24]\nserviceCidr: 10.96.0.0/16\n\
              allowDegraded: {deg}\ncniConfDir: {d}/net.d\ncniBinDir: {d}/bin\nstateDir: {d}/state\n\
              socketPath: {d}/agent.sock\n",
             node = self.node.name(),
@@ -916,4 +925,176 @@ fn del_while_the_agent_starts_is_settled_once_ready() {
     let st = env.wait_ready();
     assert_eq!(st.ipam.used, 0, "{st:?}");
     assert!(st.endpoints.is_empty(), "{st:?}");
+}
+
+/// The peer node holds 10.250.0.0/24 of the pool (claimed and recorded as its agent would).
+fn claim_for_peer(env: &Env, pool: &fibril_core::ipam::ClusterPool) -> fibril_core::ipam::PodCidr {
+    let peer: fibril_core::ipam::NodeName = format!("{}-n2", env.prefix).parse().unwrap();
+    env.rt.block_on(async {
+        let c = fibril_agent::pool::claim(
+            &env.client,
+            pool,
+            &peer,
+            &fibril_core::ipam::OverlapCheck::new(peer.clone()),
+            None,
+        )
+        .await
+        .unwrap();
+        fibril_agent::pool::record_node(&env.client, &peer, c.block, &c.pool_name)
+            .await
+            .unwrap();
+        c.block
+    })
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn cluster_pool_claims_a_block_routes_the_peer_and_keeps_the_block_across_restarts() {
+    use fibril_core::kinds::{FibrilIPPool, FibrilNode, DEFAULT_POOL_NAME};
+    let opts = Opts {
+        with_pod_cidr: None,
+        cluster_pool: Some("10.250.0.0/16"),
+        ..Opts::default()
+    };
+    let mut env = Env::new(&opts);
+    let pool =
+        fibril_core::ipam::ClusterPool::new(vec!["10.250.0.0/16".parse().unwrap()], 24).unwrap();
+    let peer_block = claim_for_peer(&env, &pool);
+    assert_eq!(peer_block.to_string(), "10.250.0.0/24");
+    env.start(&opts);
+    let st = env.wait_ready();
+    assert_eq!(st.ipam.mode, "cluster-pool");
+    assert_eq!(st.ipam.pool, vec!["10.250.0.0/16".to_string()]);
+    assert_eq!(
+        st.ipam.node_cidr.as_deref(),
+        Some("10.250.1.0/24"),
+        "{st:?}"
+    );
+    let blocks = st.ipam.pool_blocks.expect("pool usage in status");
+    assert_eq!((blocks.held, blocks.total), (2, 256));
+    let text = st.render();
+    assert!(
+        text.contains("cluster-pool, pool 10.250.0.0/16, node CIDR 10.250.1.0/24"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/24 blocks: 2 held, 254 free of 256"),
+        "{text}"
+    );
+    // The claim is in the pool object and the node's FibrilNode.
+    let (pool_obj, fnode) = env.rt.block_on(async {
+        let pools: Api<FibrilIPPool> = Api::all(env.client.clone());
+        let fnodes: Api<FibrilNode> = Api::all(env.client.clone());
+        (
+            pools.get(DEFAULT_POOL_NAME).await.unwrap(),
+            fnodes.get(env.node.name()).await.unwrap(),
+        )
+    });
+    let node: fibril_core::ipam::NodeName = env.node.name().parse().unwrap();
+    assert_eq!(
+        pool_obj
+            .pool_state()
+            .unwrap()
+            .block_of(&node)
+            .unwrap()
+            .to_string(),
+        "10.250.1.0/24"
+    );
+    assert_eq!(fnode.pod_cidr().unwrap().to_string(), "10.250.1.0/24");
+    // The peer's block, learnt from its FibrilNode, is routed (native routing).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let routes = env.node.routes().unwrap();
+        if routes.iter().any(|r| {
+            r.dst.to_string() == "10.250.0.0/24" && r.via == Some(PEER_IP.parse().unwrap())
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no route to the peer's block: {routes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let p1 = env.pod("a");
+    let ip1 = pod_ip(&ok_result(env.add("c1", &p1)));
+    assert!(
+        "10.250.1.0/24"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&ip1),
+        "{ip1}"
+    );
+
+    // Restart: the same block (no new claim), the same address for the same pod; the
+    // route to the peer's block, left in place, is recognised as fibril's, not refused.
+    let rv = pool_obj.metadata.resource_version.clone();
+    env.agent.take().unwrap().stop().unwrap();
+    env.start(&opts);
+    let st = env.wait_ready();
+    assert_eq!(st.ipam.node_cidr.as_deref(), Some("10.250.1.0/24"));
+    assert_eq!(pod_ip(&ok_result(env.add("c1", &p1))), ip1);
+    let after = env.rt.block_on(async {
+        Api::<FibrilIPPool>::all(env.client.clone())
+            .get(DEFAULT_POOL_NAME)
+            .await
+            .unwrap()
+    });
+    assert_eq!(after.metadata.resource_version, rv, "no write on restart");
+
+    // The cluster's store lost the claim (reset): the persisted allocations' block is
+    // claimed back, so the pod keeps its address.
+    env.agent.take().unwrap().stop().unwrap();
+    env.rt.block_on(async {
+        fibril_agent::pool::release(&env.client, &node)
+            .await
+            .unwrap();
+    });
+    env.start(&opts);
+    let st = env.wait_ready();
+    assert_eq!(
+        st.ipam.node_cidr.as_deref(),
+        Some("10.250.1.0/24"),
+        "{st:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn cluster_pool_overlapping_a_routed_firewall_subnet_is_refused_naming_both() {
+    // Seed 000 on one node: the pool covers a firewall subnet the node routes.
+    let opts = Opts {
+        with_pod_cidr: None,
+        cluster_pool: Some("10.250.0.0/16"),
+        ..Opts::default()
+    };
+    let mut env = Env::new(&opts);
+    env.node
+        .replace_route(&Route {
+            dst: "10.250.64.0/24".parse().unwrap(),
+            via: Some("172.31.250.1".parse().unwrap()),
+            dev: None,
+        })
+        .unwrap();
+    env.start(&opts);
+    let e = env.refusal();
+    assert!(
+        e.contains(
+            "pool 10.250.0.0/16 overlaps route 10.250.64.0/24 via 172.31.250.1 dev eth0 on node"
+        ),
+        "{e}"
+    );
+    assert!(!env.conflist().exists(), "no conflist when refusing");
+    // The refusal outlives the process, for `fibril status`.
+    let r = fibril_agent::read_refusal(&env.dir.path().join("state")).expect("refusal record");
+    assert_eq!(r.reason, e);
+    // Nothing was claimed.
+    let state = env
+        .rt
+        .block_on(fibril_agent::pool::read_state(&env.client))
+        .unwrap();
+    assert!(
+        state.as_ref().is_none_or(|s| s.blocks.is_empty()),
+        "{state:?}"
+    );
 }

@@ -4,6 +4,7 @@
 //! store keys, error messages and the per-kind flags the generic REST code consults. Adding a
 //! kind means adding a variant to `fibril_core::manifest` and a row here.
 
+use fibril_core::kinds::{FibrilIPPool, FibrilNode};
 use fibril_core::manifest::{self, KindInfo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
@@ -137,6 +138,10 @@ static RESOURCES: &[ResourceInfo] = &[
         .short(&["deploy"])
         .status()
         .generation(),
+    // fibril's own kinds. No status subresource: an agent's claim is one write of the whole
+    // pool object, guarded by its resourceVersion.
+    ResourceInfo::of::<FibrilIPPool>().short(&["fippool"]),
+    ResourceInfo::of::<FibrilNode>().short(&["fnode"]),
 ];
 
 /// Every resource the server serves.
@@ -227,7 +232,8 @@ mod tests {
             vec![
                 ("discovery.k8s.io", vec!["v1"]),
                 ("networking.k8s.io", vec!["v1"]),
-                ("apps", vec!["v1"])
+                ("apps", vec!["v1"]),
+                ("fibril.io", vec!["v1alpha1"])
             ]
         );
     }

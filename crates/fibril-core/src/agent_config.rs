@@ -189,6 +189,19 @@ impl fmt::Display for IpamMode {
     }
 }
 
+impl std::str::FromStr for IpamMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kubernetes" => Ok(IpamMode::Kubernetes),
+            "cluster-pool" => Ok(IpamMode::ClusterPool),
+            other => Err(format!(
+                "unknown IPAM mode {other:?}: expected kubernetes or cluster-pool"
+            )),
+        }
+    }
+}
+
 fn default_routing_mode() -> RoutingMode {
     RoutingMode::Tunnel
 }

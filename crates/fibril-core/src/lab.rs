@@ -12,6 +12,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::agent_config::IpamMode;
 use crate::consts;
 
 /// A lab's name: `[a-z][a-z0-9]{0,11}`.
@@ -164,6 +165,20 @@ pub struct LabSpec {
     pub service_cidr: Ipv4Net,
     /// The outside world's subnet, behind the fabric's router.
     pub world_cidr: Ipv4Net,
+    /// Where `--cni fibril` agents get their pod ranges: `kubernetes` (the lab's node IPAM
+    /// controller assigns `spec.podCIDR` blocks of `podCidr`) or `cluster-pool` (the agents
+    /// claim `/nodeMask` blocks of `podCidr` themselves; the node IPAM controller stays out).
+    #[serde(default = "default_lab_ipam")]
+    pub ipam: IpamMode,
+    /// More subnets on the world side, each routed in every node via the fabric router (a
+    /// firewall or VPC subnet, as in seed 000). The world host answers on the first address
+    /// of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub world_subnets: Vec<Ipv4Net>,
+}
+
+fn default_lab_ipam() -> IpamMode {
+    IpamMode::Kubernetes
 }
 
 impl Default for LabSpec {
@@ -171,13 +186,15 @@ impl Default for LabSpec {
         LabSpec {
             name: LabName::default(),
             nodes: 3,
-            cni: CniMode::Bridge,
+            cni: CniMode::Fibril,
             routing: RoutingMode::Native,
             fabric_cidr: "172.18.0.0/16".parse().expect("valid"),
             pod_cidr: "10.244.0.0/16".parse().expect("valid"),
             node_mask: 24,
             service_cidr: "10.96.0.0/16".parse().expect("valid"),
             world_cidr: "203.0.113.0/24".parse().expect("valid"),
+            ipam: default_lab_ipam(),
+            world_subnets: Vec::new(),
         }
     }
 }
@@ -226,6 +243,16 @@ impl LabSpec {
                 ),
             ));
         }
+        let cluster_pool = self.ipam == IpamMode::ClusterPool;
+        if cluster_pool && self.cni != CniMode::Fibril {
+            errs.push(FieldError::new(
+                "ipam",
+                format!(
+                    "cluster-pool is fibril's IPAM mode and needs --cni fibril (cni is {})",
+                    self.cni
+                ),
+            ));
+        }
         if self.node_mask < self.pod_cidr.prefix_len() || self.node_mask > 28 {
             errs.push(FieldError::new(
                 "nodeMask",
@@ -235,7 +262,9 @@ impl LabSpec {
                     self.pod_cidr.prefix_len()
                 ),
             ));
-        } else {
+        } else if !cluster_pool {
+            // In cluster-pool mode fibril's agents claim the blocks, and a pool too small
+            // for every node is theirs to report (exhaustion shows in `fibril status`).
             let blocks = 1u64 << (self.node_mask - self.pod_cidr.prefix_len());
             if blocks < u64::from(self.nodes) {
                 errs.push(FieldError::new(
@@ -247,16 +276,36 @@ impl LabSpec {
                 ));
             }
         }
-        let nets = [
-            ("fabricCidr", self.fabric_cidr),
-            ("podCidr", self.pod_cidr),
-            ("serviceCidr", self.service_cidr),
-            ("worldCidr", self.world_cidr),
+        let mut nets = vec![
+            ("fabricCidr".to_string(), self.fabric_cidr),
+            ("podCidr".to_string(), self.pod_cidr),
+            ("serviceCidr".to_string(), self.service_cidr),
+            ("worldCidr".to_string(), self.world_cidr),
         ];
+        for (i, w) in self.world_subnets.iter().enumerate() {
+            nets.push((format!("worldSubnets[{i}]"), *w));
+            if w.prefix_len() > 30 {
+                errs.push(FieldError::new(
+                    format!("worldSubnets[{i}]"),
+                    format!("{w} is too small: needs at least a /30"),
+                ));
+            }
+        }
         for (i, (fa, a)) in nets.iter().enumerate() {
             for (fb, b) in nets.iter().skip(i + 1) {
-                if overlaps(a, b) {
-                    errs.push(FieldError::new(*fb, format!("{b} overlaps {fa} {a}")));
+                // With fibril's CNI, a pod range overlapping the fabric or a world subnet is
+                // for fibril's agent to refuse, naming both ranges (seed 000): the lab lets
+                // it get that far so that the refusal can be seen.
+                let network = |f: &str| {
+                    f == "fabricCidr" || f == "worldCidr" || f.starts_with("worldSubnets")
+                };
+                let pod_vs_network = self.cni == CniMode::Fibril
+                    && ((fa == "podCidr" && network(fb)) || (fb == "podCidr" && network(fa)));
+                if overlaps(a, b) && !pod_vs_network {
+                    errs.push(FieldError::new(
+                        fb.clone(),
+                        format!("{b} overlaps {fa} {a}"),
+                    ));
                 }
             }
         }
@@ -343,6 +392,10 @@ impl LabLayout {
     /// The outside host.
     pub fn world_host_ip(&self) -> Ipv4Addr {
         nth(&self.spec.world_cidr, 10)
+    }
+    /// The world host's address in one of the extra world subnets (its first address).
+    pub fn world_subnet_host_ip(&self, subnet: &Ipv4Net) -> Ipv4Addr {
+        nth(subnet, 1)
     }
     /// The API server URL as nodes reach it.
     pub fn api_url(&self) -> String {
@@ -461,6 +514,58 @@ mod tests {
         assert_eq!(l.node_pod_cidr(3).unwrap().to_string(), "10.244.2.0/24");
         assert_eq!(l.cluster_dns_ip().to_string(), "10.96.0.10");
         assert_eq!(l.api_url(), "http://172.18.0.2:6443");
+    }
+
+    #[test]
+    fn fibril_leaves_pod_range_overlaps_with_networks_to_its_agent() {
+        let seed000 = LabSpec {
+            ipam: IpamMode::ClusterPool,
+            pod_cidr: "10.0.0.0/8".parse().unwrap(),
+            service_cidr: "172.31.0.0/16".parse().unwrap(),
+            world_subnets: vec!["10.0.64.0/24".parse().unwrap()],
+            ..LabSpec::default()
+        };
+        seed000.validate().unwrap();
+        let bridge = LabSpec {
+            cni: CniMode::Bridge,
+            ipam: IpamMode::Kubernetes,
+            ..seed000.clone()
+        };
+        let errs = bridge.validate().unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "worldSubnets[0]");
+        let errs = LabSpec {
+            cni: CniMode::Bridge,
+            ..seed000.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.field == "ipam"), "{errs:?}");
+        // The world subnet must still stay clear of the lab's own plumbing.
+        let errs = LabSpec {
+            world_subnets: vec!["172.18.5.0/24".parse().unwrap()],
+            ..seed000.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(errs[0].field, "worldSubnets[0]", "{errs:?}");
+        // A pool smaller than the node count is the agents' exhaustion to report.
+        LabSpec {
+            pod_cidr: "10.0.0.0/23".parse().unwrap(),
+            ..seed000
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_old_lab_record_without_the_new_fields_still_loads() {
+        let mut v = serde_json::to_value(LabSpec::default()).unwrap();
+        let m = v.as_object_mut().unwrap();
+        m.remove("ipam");
+        m.remove("worldSubnets");
+        let spec: LabSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(spec.ipam, IpamMode::Kubernetes);
     }
 
     #[test]

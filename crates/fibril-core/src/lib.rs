@@ -10,6 +10,7 @@ pub mod cni_api;
 pub mod consts;
 pub mod doctor;
 pub mod ipam;
+pub mod kinds;
 pub mod lab;
 pub mod manifest;
 pub mod policy;

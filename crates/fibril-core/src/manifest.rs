@@ -23,6 +23,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::ipam::{ClusterPool, IpamError};
+use crate::kinds::{FibrilIPPool, FibrilNode};
+
 /// One problem with a manifest, located by its field path (empty for the document itself).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldProblem {
@@ -181,6 +184,8 @@ manifest_kinds! {
     EndpointSlice => EndpointSlice, name_is_label = false;
     NetworkPolicy => NetworkPolicy, name_is_label = false;
     Deployment => Deployment, name_is_label = false;
+    FibrilIPPool => FibrilIPPool, name_is_label = false;
+    FibrilNode => FibrilNode, name_is_label = false;
 }
 
 /// Finds a kind by apiVersion and kind.
@@ -312,8 +317,18 @@ fn decode_collecting(
             Ok(_) => return None,
             Err(p) => {
                 failed = true;
-                let removable =
-                    !p.path.is_empty() && p.path != "." && remove_path(&mut current, &p.path);
+                // A removed array element stays as a null (to keep later indices right); an
+                // element type that refuses null reports the same path again: done.
+                if problems.iter().any(|q| q.path == fix_path(p.clone()).path) {
+                    return None;
+                }
+                // A missing field is reported at its parent's path: removing the parent
+                // would only report the parent missing too.
+                let missing = p.message.starts_with("missing field");
+                let removable = !missing
+                    && !p.path.is_empty()
+                    && p.path != "."
+                    && remove_path(&mut current, &p.path);
                 problems.push(fix_path(p));
                 if !removable {
                     return None;
@@ -614,7 +629,59 @@ fn validate(obj: &TypedManifest, problems: &mut Vec<FieldProblem>) {
         }
         TypedManifest::Deployment(d) => validate_deployment(d, problems),
         TypedManifest::Service(s) => validate_service(s, problems),
+        TypedManifest::FibrilIPPool(p) => validate_pool(p, problems),
+        TypedManifest::FibrilNode(n) => validate_fibril_node(n, problems),
         _ => {}
+    }
+}
+
+/// A pool the agents can cut blocks from, and claims that are blocks of it, one per node.
+fn validate_pool(p: &FibrilIPPool, problems: &mut Vec<FieldProblem>) {
+    let mut pool_ok = true;
+    for (at, problem) in ClusterPool::problems(&p.spec.cidrs, p.spec.node_mask_size) {
+        pool_ok = false;
+        let path = match (&problem, at) {
+            (IpamError::MaskOutsidePool { .. }, _) => "spec.nodeMaskSize".to_string(),
+            (_, Some(i)) => format!("spec.cidrs[{i}]"),
+            (_, None) => "spec.cidrs".to_string(),
+        };
+        problems.push(FieldProblem::new(path, problem.to_string()));
+    }
+    let Some(blocks) = p.status.as_ref().and_then(|s| s.blocks.as_ref()) else {
+        return;
+    };
+    let pool = pool_ok
+        .then(|| ClusterPool::new(p.spec.cidrs.clone(), p.spec.node_mask_size).ok())
+        .flatten();
+    let mut holders: BTreeMap<&str, &crate::ipam::PodCidr> = BTreeMap::new();
+    for (block, node) in blocks {
+        let path = format!("status.blocks[{block}]");
+        if let Some(pool) = &pool {
+            if !pool.is_block(block) {
+                problems.push(FieldProblem::new(
+                    &path,
+                    format!(
+                        "{block} is not a /{} block of the pool's cidrs",
+                        p.spec.node_mask_size
+                    ),
+                ));
+            }
+        }
+        if let Some(first) = holders.insert(node.as_str(), block) {
+            problems.push(FieldProblem::new(
+                &path,
+                format!("node {node} already holds block {first}: one block per node"),
+            ));
+        }
+    }
+}
+
+fn validate_fibril_node(n: &FibrilNode, problems: &mut Vec<FieldProblem>) {
+    let name = n.metadata.name.as_deref().unwrap_or("");
+    if !name.is_empty() {
+        if let Err(e) = name.parse::<crate::ipam::NodeName>() {
+            problems.push(FieldProblem::new("metadata.name", e.to_string()));
+        }
     }
 }
 
@@ -1319,6 +1386,64 @@ items:
         }))
         .unwrap();
         assert!(label_selector_matches(&sel, &labels).is_err());
+    }
+
+    #[test]
+    fn fibril_kinds_decode_strictly() {
+        let pool = json!({
+            "apiVersion": "fibril.io/v1alpha1", "kind": "FibrilIPPool",
+            "metadata": {"name": "default"},
+            "spec": {"cidrs": ["10.244.0.0/16"], "nodeMaskSize": 24},
+            "status": {"blocks": {"10.244.0.0/24": "n1", "10.244.1.0/24": "n2"}}
+        });
+        assert!(matches!(
+            decode_strict(&pool).unwrap(),
+            TypedManifest::FibrilIPPool(_)
+        ));
+        let mut bad = pool.clone();
+        bad["spec"]["cidrs"][0] = json!("10.244.0.1/16");
+        let e = decode_strict(&bad).unwrap_err();
+        assert_eq!(paths(&e), vec!["spec.cidrs[0]"], "{e}");
+        assert!(e.to_string().contains("did you mean 10.244.0.0/16"), "{e}");
+        let mut bad = pool.clone();
+        bad["spec"]["extra"] = json!(1);
+        bad["status"]["blockz"] = json!({});
+        let e = decode_strict(&bad).unwrap_err();
+        assert_eq!(paths(&e), vec!["spec.extra", "status.blockz"], "{e}");
+        let mut bad = pool.clone();
+        bad["spec"]["nodeMaskSize"] = json!(8);
+        bad["status"]["blocks"] = json!({"10.244.0.0/24": "n1", "10.9.0.0/24": "n1"});
+        let e = decode_strict(&bad).unwrap_err();
+        assert_eq!(
+            paths(&e),
+            vec!["spec.nodeMaskSize", "status.blocks[10.244.0.0/24]"],
+            "{e}"
+        );
+        let mut bad = pool.clone();
+        bad["status"]["blocks"] = json!({"10.244.0.0/24": "n1", "10.9.0.0/24": "n1"});
+        let e = decode_strict(&bad).unwrap_err();
+        assert_eq!(
+            paths(&e),
+            vec!["status.blocks[10.9.0.0/24]", "status.blocks[10.244.0.0/24]"],
+            "{e}"
+        );
+        assert!(e.to_string().contains("not a /24 block"), "{e}");
+        assert!(e.to_string().contains("already holds block"), "{e}");
+        let mut missing = pool.clone();
+        missing["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("nodeMaskSize");
+        let e = decode_strict(&missing).unwrap_err();
+        assert_eq!(paths(&e), vec!["spec.nodeMaskSize"], "{e}");
+        let node = json!({
+            "apiVersion": "fibril.io/v1alpha1", "kind": "FibrilNode",
+            "metadata": {"name": "lab-node-1"},
+            "spec": {"podCIDRs": ["10.244.1.0/24"], "pool": "default"}
+        });
+        assert!(decode_strict(&node).is_ok());
+        let info = kind_info("fibril.io/v1alpha1", "FibrilNode").unwrap();
+        assert_eq!((info.plural, info.namespaced), ("fibrilnodes", false));
     }
 
     #[test]

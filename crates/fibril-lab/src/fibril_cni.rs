@@ -32,8 +32,9 @@ pub fn fibril_cni_exe(fibril_exe: &Path) -> PathBuf {
         .join(FIBRIL_CNI_BIN)
 }
 
-/// The agent configuration of a lab node: kubernetes IPAM (the lab's node IPAM controller
-/// assigns `spec.podCIDR`), the lab's routing mode, every path inside the node's dir, and
+/// The agent configuration of a lab node: the lab's IPAM mode (kubernetes: the lab's node
+/// IPAM controller assigns `spec.podCIDR`; cluster-pool: the agent claims a block of the
+/// lab's pod CIDR), the lab's routing mode, every path inside the node's dir, and
 /// strict host routing (no `allowDegraded`): a lab that cannot run the BPF datapath says
 /// so in the agent's log instead of quietly forwarding with iptables-era routing.
 pub fn agent_config(layout: &LabLayout, node: &str) -> AgentConfig {
@@ -45,9 +46,17 @@ pub fn agent_config(layout: &LabLayout, node: &str) -> AgentConfig {
         routing_mode: spec.routing,
         native_routing_cidr: (spec.routing == RoutingMode::Native)
             .then(|| spec.pod_cidr.to_string()),
-        ipam: IpamConfig {
-            mode: IpamMode::Kubernetes,
-            ..IpamConfig::default()
+        ipam: match spec.ipam {
+            IpamMode::Kubernetes => IpamConfig {
+                mode: IpamMode::Kubernetes,
+                ..IpamConfig::default()
+            },
+            IpamMode::ClusterPool => IpamConfig {
+                mode: IpamMode::ClusterPool,
+                cluster_pool_cidrs: vec![spec.pod_cidr.to_string()],
+                node_mask_size: Some(spec.node_mask),
+                reserved_cidrs: Vec::new(),
+            },
         },
         service_cidr: Some(spec.service_cidr.to_string()),
         allow_degraded: false,
@@ -97,10 +106,16 @@ mod tests {
 
     #[test]
     fn node_configs_validate_in_both_modes() {
-        for routing in [RoutingMode::Native, RoutingMode::Tunnel] {
+        for (routing, ipam) in [
+            (RoutingMode::Native, IpamMode::Kubernetes),
+            (RoutingMode::Tunnel, IpamMode::Kubernetes),
+            (RoutingMode::Native, IpamMode::ClusterPool),
+            (RoutingMode::Tunnel, IpamMode::ClusterPool),
+        ] {
             let layout = LabSpec {
                 cni: CniMode::Fibril,
                 routing,
+                ipam,
                 ..LabSpec::default()
             }
             .layout();

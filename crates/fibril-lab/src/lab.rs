@@ -14,6 +14,7 @@ use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
 use fibril_core::consts;
+use fibril_core::kinds::FibrilNode;
 use fibril_core::lab::{CniMode, LabLayout, LabName, LabSpec};
 
 use crate::supervisor::{self, ComponentState, ComponentStatus};
@@ -210,11 +211,55 @@ pub async fn up(
     .await;
     if let Err(e) = res {
         progress(&format!("lab up failed: {e:#}"));
-        progress("removing what was created");
-        let _ = down(&name, &mut |_| {});
+        if e.downcast_ref::<AgentsRefused>().is_some() {
+            // The lab works as built; fibril refused the configuration it was given. Leave
+            // it up so that the refusal can be inspected where it happened.
+            progress(&format!(
+                "the lab is left up so that the refusal can be inspected: `fibril status --name \
+                 {name}`, `fibril lab status --name {name}`; remove it with `fibril lab down \
+                 --name {name}`"
+            ));
+        } else {
+            progress("removing what was created");
+            let _ = down(&name, &mut |_| {});
+        }
         return Err(e);
     }
     Ok(UpOutcome::Created)
+}
+
+/// How long `up` waits, after the first agent refused, for the other nodes to be Ready or
+/// refuse too before it reports.
+const REFUSAL_GRACE: Duration = Duration::from_secs(5);
+
+/// fibril's agent refused to start on some nodes (a pool overlapping a route, an exhausted
+/// pool, legacy host routing in strict mode, ...): each node with its refusal.
+#[derive(Debug, thiserror::Error)]
+#[error("fibril's agent refused to start on {}", refusals.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; "))]
+pub struct AgentsRefused {
+    pub refusals: Vec<(String, String)>,
+}
+
+/// The last refusal of `node`'s fibril agent, if it has refused since it was last ready.
+pub fn agent_refusal(layout: &LabLayout, node: &str) -> Option<fibril_agent::Refusal> {
+    if layout.spec.cni != CniMode::Fibril {
+        return None;
+    }
+    fibril_agent::read_refusal(&crate::fibril_cni::agent_state_dir(layout, node))
+}
+
+/// Pod CIDR blocks fibril's agents claimed (cluster-pool mode), by node.
+async fn claimed_blocks(client: &kube::Client) -> std::collections::BTreeMap<String, String> {
+    let api: Api<FibrilNode> = Api::all(client.clone());
+    api.list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|f| Some((f.metadata.name.clone()?, f.pod_cidr()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn spawn_supervisor(layout: &LabLayout, exe: &Path) -> anyhow::Result<()> {
@@ -280,11 +325,17 @@ async fn wait_ready(
         layout.api_url(),
         layout.api_socket().display()
     ));
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     let want = layout.node_names();
     let mut reported = std::collections::BTreeSet::new();
+    let mut first_refusal: Option<Instant> = None;
     loop {
         let list = nodes.list(&ListParams::default()).await?;
+        let blocks = if layout.spec.ipam == fibril_core::agent_config::IpamMode::ClusterPool {
+            claimed_blocks(&client).await
+        } else {
+            Default::default()
+        };
         for n in &list.items {
             let name = n.metadata.name.clone().unwrap_or_default();
             if node_ready(n) && reported.insert(name.clone()) {
@@ -292,12 +343,27 @@ async fn wait_ready(
                     .spec
                     .as_ref()
                     .and_then(|s| s.pod_cidr.clone())
+                    .or_else(|| blocks.get(&name).cloned())
                     .unwrap_or_default();
                 progress(&format!("node {name} Ready (pod CIDR {cidr})"));
             }
         }
         if want.iter().all(|w| reported.contains(w)) {
             return Ok(());
+        }
+        // A refusal is final for this configuration: say so now rather than at the timeout,
+        // once every node not Ready has refused too (or a few seconds passed), so that the
+        // report covers all of them.
+        let waiting: Vec<&String> = want.iter().filter(|w| !reported.contains(*w)).collect();
+        let refusals: Vec<(String, String)> = waiting
+            .iter()
+            .filter_map(|w| agent_refusal(layout, w).map(|r| ((*w).clone(), r.reason)))
+            .collect();
+        if !refusals.is_empty() {
+            let first = *first_refusal.get_or_insert_with(Instant::now);
+            if refusals.len() == waiting.len() || first.elapsed() > REFUSAL_GRACE {
+                return Err(AgentsRefused { refusals }.into());
+            }
         }
         if Instant::now() > deadline {
             let missing: Vec<_> = want.iter().filter(|w| !reported.contains(*w)).collect();
@@ -417,8 +483,12 @@ pub struct NodeSummary {
     pub name: String,
     pub ready: bool,
     pub internal_ip: Option<String>,
+    /// `spec.podCIDR`, or in cluster-pool mode the block the node's agent claimed.
     pub pod_cidr: Option<String>,
     pub message: String,
+    /// The node's fibril agent refused to start, and why (`--cni fibril`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_refusal: Option<String>,
 }
 
 pub async fn status(name: &LabName) -> anyhow::Result<LabStatus> {
@@ -440,6 +510,9 @@ pub async fn status(name: &LabName) -> anyhow::Result<LabStatus> {
     let mut nodes = Vec::new();
     let mut pods = 0;
     if let Ok(c) = client(&layout) {
+        let blocks = tokio::time::timeout(Duration::from_secs(3), claimed_blocks(&c))
+            .await
+            .unwrap_or_default();
         let nodes_api: Api<Node> = Api::all(c.clone());
         if let Ok(list) = tokio::time::timeout(
             Duration::from_secs(3),
@@ -457,12 +530,18 @@ pub async fn status(name: &LabName) -> anyhow::Result<LabStatus> {
                     .and_then(|s| s.addresses.as_ref())
                     .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
                     .map(|a| a.address.clone());
+                let name = n.metadata.name.clone().unwrap_or_default();
                 nodes.push(NodeSummary {
-                    name: n.metadata.name.clone().unwrap_or_default(),
                     ready: node_ready(&n),
                     internal_ip,
-                    pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
+                    pod_cidr: n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.pod_cidr.clone())
+                        .or_else(|| blocks.get(&name).cloned()),
                     message: ready_message(&n),
+                    agent_refusal: agent_refusal(&layout, &name).map(|r| r.reason),
+                    name,
                 });
             }
             let pods_api: Api<Pod> = Api::all(c);

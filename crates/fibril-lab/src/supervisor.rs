@@ -359,6 +359,7 @@ mod tests {
     fn every_component_runs_in_its_namespace() {
         let layout = LabSpec {
             nodes: 2,
+            cni: CniMode::Bridge,
             ..LabSpec::default()
         }
         .layout();

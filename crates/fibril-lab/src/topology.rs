@@ -5,7 +5,8 @@
 //! never changed. Names and addresses all come from [`LabLayout`].
 //!
 //! ```text
-//!  <lab>-world   eth0 world_host_ip ── default via world_router_ip
+//!  <lab>-world   eth0 world_host_ip (+ the first address of each world subnet)
+//!                  ── default via world_router_ip
 //!                  │ veth
 //!  <lab>-fabric  to-world world_router_ip,  br0 fabric_gateway (ip_forward=1)
 //!                  ├── cp ─ veth ─ eth0  <lab>-cp       cp_ip,      default via gateway
@@ -355,6 +356,38 @@ impl Builder<'_> {
             via: Some(l.world_router_ip()),
             dev: Some(consts::WORLD_UPLINK.into()),
         })?;
+        // Extra world subnets (a firewall subnet, seed 000): the world host answers on
+        // them, the fabric router routes them to it, and every node has a route to them,
+        // as a VPC route table would give it.
+        for subnet in &l.spec.world_subnets {
+            let host = cidr(l.world_subnet_host_ip(subnet), subnet);
+            self.step(format!(
+                "{}: {} {host}; {}: {subnet} via {}",
+                world.name(),
+                consts::WORLD_UPLINK,
+                fabric.name(),
+                l.world_host_ip()
+            ));
+            world.ensure_addr(consts::WORLD_UPLINK, host)?;
+            fabric.replace_route(&Route {
+                dst: *subnet,
+                via: Some(l.world_host_ip()),
+                dev: Some(consts::FABRIC_WORLD_LINK.into()),
+            })?;
+            for i in 1..=l.spec.nodes {
+                let node = NetNs::open(&l.node_netns(i))?;
+                self.step(format!(
+                    "{}: {subnet} via {}",
+                    node.name(),
+                    l.fabric_gateway()
+                ));
+                node.replace_route(&Route {
+                    dst: *subnet,
+                    via: Some(l.fabric_gateway()),
+                    dev: Some(consts::NODE_UPLINK.into()),
+                })?;
+            }
+        }
         self.step("lab network ready".into());
         Ok(())
     }

@@ -28,6 +28,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         node_mask: a.node_mask,
         service_cidr: a.service_cidr,
         world_cidr: a.world_cidr,
+        ipam: a.ipam,
+        world_subnets: a.world_subnets,
     };
     let name = spec.name.clone();
     let exe = std::env::current_exe().context("locating the fibril binary")?;
@@ -59,14 +61,24 @@ pub async fn status(name: &LabName, format: OutputFormat) -> anyhow::Result<()> 
         OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&st)?),
         OutputFormat::Text | OutputFormat::Wide => {
             println!(
-                "lab {}: {} nodes, cni {}, routing {}, pods {}, services {}",
+                "lab {}: {} nodes, cni {}, routing {}, ipam {}, pods {}, services {}",
                 st.name,
                 st.spec.nodes,
                 st.spec.cni,
                 st.spec.routing,
+                st.spec.ipam,
                 st.spec.pod_cidr,
                 st.spec.service_cidr
             );
+            if !st.spec.world_subnets.is_empty() {
+                let w: Vec<String> = st
+                    .spec
+                    .world_subnets
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect();
+                println!("world subnets (routed in every node): {}", w.join(", "));
+            }
             println!(
                 "supervisor: {}",
                 match (st.supervisor.running, st.supervisor.pid) {
@@ -119,6 +131,11 @@ pub async fn status(name: &LabName, format: OutputFormat) -> anyhow::Result<()> 
                 ]);
             }
             output::table(&rows);
+            for n in &st.nodes {
+                if let Some(r) = &n.agent_refusal {
+                    println!("fibril agent on {} REFUSED to start: {r}", n.name);
+                }
+            }
             println!("pods: {}", st.pods);
         }
     }
@@ -247,6 +264,8 @@ fn kind_alias(kind: &str) -> &str {
         "deploy" | "deployment" | "deployments" => "deployments",
         "netpol" | "networkpolicy" | "networkpolicies" => "networkpolicies",
         "ev" | "event" | "events" => "events",
+        "fippool" | "fibrilippool" | "fibrilippools" => "fibrilippools",
+        "fnode" | "fibrilnode" | "fibrilnodes" => "fibrilnodes",
         _ => "",
     }
 }
@@ -263,7 +282,7 @@ pub async fn get(
         .iter()
         .find(|r| r.plural == plural)
         .with_context(|| {
-            format!("unknown kind {kind:?}: expected pods, services, nodes, namespaces, endpointslices, deployments, networkpolicies or events")
+            format!("unknown kind {kind:?}: expected pods, services, nodes, namespaces, endpointslices, deployments, networkpolicies, events, fibrilippools or fibrilnodes")
         })?;
     let ar = resource_of(info);
     let record = LabRecord::require(name)?;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use fibril_core::agent_config::IpamMode;
 use fibril_core::lab::{CniMode, LabName, RoutingMode};
 
 #[derive(Parser)]
@@ -104,7 +105,8 @@ enum LabCommand {
     Get {
         #[command(flatten)]
         lab: LabSel,
-        /// pods, services, nodes, namespaces, endpointslices, deployments, networkpolicies, events (or short names).
+        /// pods, services, nodes, namespaces, endpointslices, deployments, networkpolicies, events,
+        /// fibrilippools, fibrilnodes (or short names).
         kind: String,
         #[arg(value_name = "NAME")]
         object: Option<String>,
@@ -210,15 +212,30 @@ struct UpArgs {
     lab: LabSel,
     #[arg(long, default_value_t = 3)]
     nodes: u8,
-    #[arg(long, default_value = "bridge")]
+    /// fibril: fibril's agent, CNI plugin and eBPF datapath. bridge: Debian's reference
+    /// bridge + host-local plugins, the baseline peer.
+    #[arg(long, default_value = "fibril")]
     cni: CniMode,
     #[arg(long, default_value = "native")]
     routing: RoutingMode,
-    #[arg(long, default_value = "10.244.0.0/16")]
+    /// Where fibril's agents get pod ranges: kubernetes (the lab's node IPAM controller sets
+    /// spec.podCIDR) or cluster-pool (each agent claims a block of the pool itself).
+    #[arg(long, default_value = "kubernetes")]
+    ipam: IpamMode,
+    /// The cluster's pod range (in cluster-pool mode: the pool).
+    #[arg(
+        long,
+        visible_alias = "cluster-pool-cidr",
+        default_value = "10.244.0.0/16"
+    )]
     pod_cidr: ipnet::Ipv4Net,
     /// Prefix length of each node's pod CIDR block.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, visible_alias = "cluster-pool-mask", default_value_t = 24)]
     node_mask: u8,
+    /// An extra subnet on the world side, routed in every node via the fabric router (a
+    /// firewall subnet, as in seed 000). Repeatable.
+    #[arg(long = "world-subnet", value_name = "CIDR")]
+    world_subnets: Vec<ipnet::Ipv4Net>,
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cidr: ipnet::Ipv4Net,
     #[arg(long, default_value = "172.18.0.0/16")]

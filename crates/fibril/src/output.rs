@@ -33,6 +33,18 @@ fn s(v: &Value, ptr: &str) -> String {
     }
 }
 
+/// `a,b` from a JSON array of strings.
+fn join_strings(v: Option<&Value>) -> String {
+    v.and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn pod_row(v: &Value, wide: bool) -> Vec<String> {
     let statuses = v
         .pointer("/status/containerStatuses")
@@ -111,6 +123,8 @@ pub fn print_objects(
         "deployments" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE"],
         "endpointslices" => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"],
         "events" => vec!["NAME", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "fibrilippools" => vec!["NAME", "CIDRS", "NODE-MASK", "BLOCKS-HELD"],
+        "fibrilnodes" => vec!["NAME", "POD-CIDRS", "POOL"],
         _ => vec!["NAME", "CREATED"],
     };
     let mut rows = Vec::new();
@@ -222,6 +236,20 @@ pub fn print_objects(
                     s(&v, "/involvedObject/name")
                 ),
                 s(&v, "/message"),
+            ],
+            "fibrilippools" => vec![
+                s(&v, "/metadata/name"),
+                join_strings(v.pointer("/spec/cidrs")),
+                format!("/{}", s(&v, "/spec/nodeMaskSize")),
+                v.pointer("/status/blocks")
+                    .and_then(|b| b.as_object())
+                    .map_or(0, |b| b.len())
+                    .to_string(),
+            ],
+            "fibrilnodes" => vec![
+                s(&v, "/metadata/name"),
+                join_strings(v.pointer("/spec/podCIDRs")),
+                s(&v, "/spec/pool"),
             ],
             _ => vec![
                 s(&v, "/metadata/name"),

@@ -15,8 +15,9 @@ pub enum Target {
 }
 
 pub fn run(target: Target, format: OutputFormat) -> anyhow::Result<std::process::ExitCode> {
-    let sockets: Vec<(String, PathBuf)> = match target {
-        Target::Socket(p) => vec![(p.display().to_string(), p)],
+    // (who, status socket, state dir where a refusal is recorded)
+    let sockets: Vec<(String, PathBuf, Option<PathBuf>)> = match target {
+        Target::Socket(p) => vec![(p.display().to_string(), p, None)],
         Target::Lab { name, node } => {
             let record = LabRecord::require(&name)?;
             let layout = record.layout();
@@ -39,14 +40,14 @@ pub fn run(target: Target, format: OutputFormat) -> anyhow::Result<std::process:
                 .into_iter()
                 .map(|n| {
                     let dir = fibril_lab::fibril_cni::agent_state_dir(&layout, &n);
-                    (n, fibril_agent::status_socket_path(&dir))
+                    (n, fibril_agent::status_socket_path(&dir), Some(dir))
                 })
                 .collect()
         }
     };
     let mut all = Vec::new();
     let mut failed = false;
-    for (who, socket) in sockets {
+    for (who, socket, state_dir) in sockets {
         match fibril_agent::read_status(&socket) {
             Ok(s) => {
                 failed |= !s.ready;
@@ -54,7 +55,10 @@ pub fn run(target: Target, format: OutputFormat) -> anyhow::Result<std::process:
             }
             Err(e) => {
                 failed = true;
-                all.push(Err((who, e.to_string())));
+                // A refusing agent exits (and is restarted to check again): its recorded
+                // refusal says why there is no socket to ask.
+                let refusal = state_dir.as_deref().and_then(fibril_agent::read_refusal);
+                all.push(Err((who, e.to_string(), refusal)));
             }
         }
     }
@@ -64,7 +68,13 @@ pub fn run(target: Target, format: OutputFormat) -> anyhow::Result<std::process:
                 .iter()
                 .map(|r| match r {
                     Ok(s) => serde_json::to_value(s).unwrap_or_default(),
-                    Err((who, e)) => serde_json::json!({"node": who, "error": e}),
+                    Err((who, e, refusal)) => {
+                        let mut v = serde_json::json!({"node": who, "ready": false, "error": e});
+                        if let Some(r) = refusal {
+                            v["refusal"] = serde_json::to_value(r).unwrap_or_default();
+                        }
+                        v
+                    }
                 })
                 .collect();
             let doc = if docs.len() == 1 {
@@ -85,7 +95,12 @@ pub fn run(target: Target, format: OutputFormat) -> anyhow::Result<std::process:
                 }
                 match r {
                     Ok(s) => print!("{}", s.render()),
-                    Err((who, e)) => println!("{who}: {e}"),
+                    Err((who, e, None)) => println!("{who}: {e}"),
+                    Err((who, _, Some(r))) => {
+                        println!("{:<16}{who}", "Node:");
+                        println!("{:<16}no (the agent is not running)", "Ready:");
+                        println!("{:<16}at {}: {}", "Refused:", r.at, r.reason);
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! End-to-end: a real 3-node lab on fibril's own CNI (`--cni fibril`), driven through the
 //! `fibril` CLI: the full pod-to-pod matrix over TCP, UDP and ICMP in native and tunnel
-//! mode, the BPF programs attached and their counters moving, and an agent SIGKILLed
-//! under load with zero failed requests.
+//! mode, the BPF programs attached and their counters moving, an agent SIGKILLed under load
+//! with zero failed requests, and cluster-pool IPAM (each agent claims its own block).
 //!
 //! Privileged (root, netns, BPF): `#[ignore]`d for plain `cargo test`; CI runs them with
 //! `--include-ignored`. Each lab has a unique `fibt…` name and is removed on drop.
@@ -421,4 +421,96 @@ fn agent_sigkill_and_restart_loses_no_request() {
         on_node1 + 1,
         "a veth per endpoint + the uplink: {st}"
     );
+}
+
+/// cluster-pool IPAM in a lab: the node IPAM controller stays out, each agent claims its own
+/// block of the pool through the FibrilIPPool object and records it in its FibrilNode, pods
+/// get addresses from their node's block, and they reach each other across nodes.
+#[test]
+#[ignore = "privileged: needs root, netns and BPF"]
+fn cluster_pool_lab_gives_each_node_its_own_block_and_pods_reach_across() {
+    ensure_fibril_cni();
+    let pool: ipnet::Ipv4Net = "10.240.0.0/16".parse().unwrap();
+    let lab = Lab::up(
+        3,
+        &[
+            "--ipam",
+            "cluster-pool",
+            "--cluster-pool-cidr",
+            "10.240.0.0/16",
+            "--cluster-pool-mask",
+            "26",
+        ],
+    );
+    // No spec.podCIDR from a controller: the agents' claims are the only IPAM.
+    let nodes = lab.json(&["lab", "get", "nodes", "-o", "json"]);
+    for n in nodes["items"].as_array().unwrap() {
+        assert!(n.pointer("/spec/podCIDR").is_none(), "{n}");
+    }
+    let fnodes = lab.json(&["lab", "get", "fibrilnodes", "-o", "json"]);
+    let mut blocks = std::collections::BTreeMap::new();
+    for f in fnodes["items"].as_array().unwrap() {
+        let b: ipnet::Ipv4Net = f["spec"]["podCIDRs"][0].as_str().unwrap().parse().unwrap();
+        assert_eq!(b.prefix_len(), 26, "{f}");
+        assert!(pool.contains(&b), "{b} is a block of the pool");
+        blocks.insert(f["metadata"]["name"].as_str().unwrap().to_string(), b);
+    }
+    assert_eq!(blocks.len(), 3, "one FibrilNode per node: {fnodes}");
+    let distinct: std::collections::BTreeSet<_> = blocks.values().collect();
+    assert_eq!(distinct.len(), 3, "distinct blocks: {blocks:?}");
+    let pool_obj = lab.json(&["lab", "get", "fibrilippools", "default", "-o", "json"]);
+    assert_eq!(pool_obj["spec"]["cidrs"][0], "10.240.0.0/16", "{pool_obj}");
+    assert_eq!(
+        pool_obj["status"]["blocks"].as_object().unwrap().len(),
+        3,
+        "{pool_obj}"
+    );
+    let table = lab.ok(&["lab", "get", "fibrilippools"]);
+    assert!(
+        table.contains("10.240.0.0/16") && table.contains("/26"),
+        "{table}"
+    );
+    for i in 1..=3 {
+        let node = lab.node(i);
+        let st = lab.status(&node);
+        assert_eq!(st["ipam"]["mode"], "cluster-pool", "{st}");
+        assert_eq!(st["ipam"]["pool"][0], "10.240.0.0/16", "{st}");
+        assert_eq!(
+            st["ipam"]["nodeCidr"].as_str().unwrap(),
+            blocks[&node].to_string(),
+            "{st}"
+        );
+        assert_eq!(st["ipam"]["poolBlocks"]["held"], 3, "{st}");
+        assert_eq!(st["ipam"]["poolBlocks"]["total"], 1024, "{st}");
+        let text = lab.ok(&["status", "--node", &node]);
+        assert!(
+            text.contains(&format!(
+                "cluster-pool, pool 10.240.0.0/16, node CIDR {}",
+                blocks[&node]
+            )),
+            "{text}"
+        );
+    }
+    // lab status shows the claimed blocks where spec.podCIDR would be.
+    let status = lab.json(&["lab", "status", "-o", "json"]);
+    for n in status["nodes"].as_array().unwrap() {
+        let name = n["name"].as_str().unwrap();
+        assert_eq!(
+            n["podCidr"].as_str(),
+            Some(blocks[name].to_string().as_str()),
+            "{n}"
+        );
+    }
+    let pods = lab.echo_pods(6);
+    for p in &pods {
+        let ip: Ipv4Addr = ip_of(p).parse().unwrap();
+        let block = blocks[node_of(p)];
+        assert!(
+            block.contains(&ip),
+            "{} has {ip}, outside its node's block {block}",
+            name_of(p)
+        );
+    }
+    check_agents(&lab, "native", &pods);
+    check_matrix(&lab, &pods);
 }

@@ -1,4 +1,6 @@
-//! End-to-end: a real 3-node lab with the bridge CNI, driven only through the `fibril` CLI.
+//! End-to-end: a real lab driven only through the `fibril` CLI: 3 nodes with the bridge CNI
+//! (the baseline peer) for traffic and teardown, and the default (fibril's CNI) for strict
+//! manifests.
 //!
 //! Privileged (root, netns, BPF): `#[ignore]`d for plain `cargo test`; `scripts/test.sh`
 //! runs them with `--include-ignored`.
@@ -454,8 +456,10 @@ fn tempfile_dir(lab: &Lab) -> PathBuf {
 #[test]
 #[ignore = "privileged: needs root, netns and BPF"]
 fn invalid_manifests_are_rejected_whole_with_field_paths() {
-    let lab = Lab::new();
-    lab.ok(&["lab", "up", "--nodes", "1"]);
+    // The lab's default CNI: fibril's.
+    let lab = Lab::up(1, &[]);
+    let st = lab.json(&["lab", "status", "-o", "json"]);
+    assert_eq!(st["spec"]["cni"], "fibril", "{st}");
     let dir = tempfile_dir(&lab);
     let cases = [
         (

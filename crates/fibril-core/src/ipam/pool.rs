@@ -147,6 +147,30 @@ impl ClusterPool {
         node: &NodeName,
         checks: &OverlapCheck,
     ) -> Result<Claim, IpamError> {
+        self.claim_block_preferring(state, node, checks, None)
+    }
+
+    /// [`claim_block`](Self::claim_block), taking `preferred` when the node holds no block
+    /// and `preferred` is one of the pool's blocks, free and clear of overlaps: an agent
+    /// whose persisted allocations are in a block the shared state no longer records (the
+    /// cluster's store was reset) gets that block back, so its pods keep their addresses.
+    /// Otherwise first-fit, as `claim_block`.
+    pub fn claim_block_preferring(
+        &self,
+        state: &PoolState,
+        node: &NodeName,
+        checks: &OverlapCheck,
+        preferred: Option<PodCidr>,
+    ) -> Result<Claim, IpamError> {
+        if state.block_of(node).is_none() {
+            if let Some(block) = preferred.filter(|b| {
+                self.is_block(b)
+                    && state.holder(b).is_none()
+                    && checks.check(Candidate::block(*b)).is_empty()
+            }) {
+                return Ok(state.take(node, block, Vec::new()));
+            }
+        }
         if let Some(block) = state.block_of(node) {
             if !self.is_block(&block) {
                 return Err(IpamError::HeldBlockOutsidePool {
@@ -179,18 +203,7 @@ impl ClusterPool {
             let block = self.block(idx);
             let overlaps = checks.check(Candidate::block(block));
             if overlaps.is_empty() {
-                let mut next = state.clone();
-                next.blocks.insert(block, node.clone());
-                next.version = state.version + 1;
-                return Ok(Claim {
-                    node: node.clone(),
-                    block,
-                    update: Some(PoolUpdate {
-                        expected_version: state.version,
-                        state: next,
-                    }),
-                    refused,
-                });
+                return Ok(state.take(node, block, refused));
             }
             // Each overlapping range is contiguous and reaches this block, so every block up
             // to the one holding the range's end overlaps it too: skip them all at once, which
@@ -277,6 +290,22 @@ impl PoolState {
     /// Who holds `block`.
     pub fn holder(&self, block: &PodCidr) -> Option<&NodeName> {
         self.blocks.get(block)
+    }
+
+    /// The claim of a free `block` by `node`: the next state, valid against this version.
+    fn take(&self, node: &NodeName, block: PodCidr, refused: Vec<RefusedRun>) -> Claim {
+        let mut next = self.clone();
+        next.blocks.insert(block, node.clone());
+        next.version = self.version + 1;
+        Claim {
+            node: node.clone(),
+            block,
+            update: Some(PoolUpdate {
+                expected_version: self.version,
+                state: next,
+            }),
+            refused,
+        }
     }
 
     /// The store's side of optimistic concurrency: accept `update` only if it was computed
@@ -465,6 +494,50 @@ mod tests {
         let b = p.claim_block(&s1, &node("b"), &checks("b")).unwrap();
         assert_ne!(b.block, a.block);
         assert!(s1.apply(b.update.as_ref().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_preferred_block_is_taken_back_when_free_and_clear() {
+        let p = pool(&["10.244.0.0/16"], 24);
+        let (_, s) = claim_and_write(&p, &PoolState::default(), "n1", &checks("n1"));
+        let want: PodCidr = "10.244.7.0/24".parse().unwrap();
+        let c = p
+            .claim_block_preferring(&s, &node("n2"), &checks("n2"), Some(want))
+            .unwrap();
+        assert_eq!(c.block, want);
+        let s2 = s.apply(c.update.as_ref().unwrap()).unwrap();
+        // Held by another node, outside the pool, or overlapping: first fit instead.
+        let c = p
+            .claim_block_preferring(&s2, &node("n3"), &checks("n3"), Some(want))
+            .unwrap();
+        assert_eq!(c.block.to_string(), "10.244.1.0/24");
+        let c = p
+            .claim_block_preferring(
+                &s2,
+                &node("n3"),
+                &checks("n3"),
+                Some("10.9.0.0/24".parse().unwrap()),
+            )
+            .unwrap();
+        assert_eq!(c.block.to_string(), "10.244.1.0/24");
+        let mut c3 = checks("n3");
+        c3.routes
+            .push(RouteInfo::new("10.244.9.0/24".parse().unwrap()).dev("eth1"));
+        let c = p
+            .claim_block_preferring(
+                &s2,
+                &node("n3"),
+                &c3,
+                Some("10.244.9.0/24".parse().unwrap()),
+            )
+            .unwrap();
+        assert_eq!(c.block.to_string(), "10.244.1.0/24");
+        // A node that holds a block keeps it, whatever it prefers.
+        let c = p
+            .claim_block_preferring(&s2, &node("n1"), &checks("n1"), Some(want))
+            .unwrap();
+        assert_eq!(c.block.to_string(), "10.244.0.0/24");
+        assert!(c.update.is_none());
     }
 
     #[test]

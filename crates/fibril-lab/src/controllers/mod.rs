@@ -21,6 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fibril_core::agent_config::IpamMode;
 use fibril_core::lab::LabLayout;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -126,12 +127,18 @@ pub async fn run(client: Client, layout: LabLayout) -> anyhow::Result<()> {
             scheduler::reconcile(client.clone())
         }));
     }
-    {
+    // In cluster-pool mode fibril's agents claim their blocks themselves; a controller
+    // handing out spec.podCIDR as well would be a second, disagreeing IPAM.
+    if layout.spec.ipam == IpamMode::Kubernetes {
         let client = client.clone();
         let layout = layout.clone();
         tasks.spawn(passes("node-ipam", ipam, move || {
             nodeipam::reconcile(client.clone(), layout.clone())
         }));
+    } else {
+        tracing::info!(
+            "ipam cluster-pool: the node IPAM controller is off (fibril's agents claim blocks)"
+        );
     }
     {
         let client = client.clone();

@@ -60,7 +60,12 @@ impl Lab {
     }
 
     /// `lab up` with these extra arguments, requiring every node to be reported Ready.
+    /// fibril's CNI is the lab's default: its plugin is built first unless `--cni bridge`
+    /// is asked for.
     pub fn up(nodes: u8, extra: &[&str]) -> Lab {
+        if !extra.windows(2).any(|w| w == ["--cni", "bridge"]) {
+            ensure_fibril_cni();
+        }
         let lab = Lab::new();
         let n = nodes.to_string();
         let mut args = vec!["lab", "up", "--nodes", &n];
