@@ -193,13 +193,6 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     run_with(config, client, netns, shutdown).await
 }
 
-/// Removes what makes the node use fibril for new pods (the conflist). Pods keep their
-/// interfaces; the programs stay pinned until the node's pin dir is removed.
-pub fn uninstall(config: &ValidConfig) -> anyhow::Result<()> {
-    crate::conflist::uninstall(&config.paths.cni_conf_dir)?;
-    Ok(())
-}
-
 /// [`run`] with the client, the node's namespace and the shutdown signal given.
 pub async fn run_with(
     config: ValidConfig,
@@ -592,6 +585,13 @@ async fn main_loop(
 
     // 6. Keep routes and status current.
     let mut installed: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+    // Routes to peers are recorded (before they are installed) so that uninstall removes
+    // exactly fibril's, and so that those of peers that left while the agent was down are
+    // removed after a restart.
+    let native = matches!(config.routing, Routing::Native { .. });
+    let state_dir = config.paths.state_dir.clone();
+    let mut leftovers = crate::uninstall::read_routes(&state_dir);
+    let mut recorded = leftovers.clone();
     let mut last_probe: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     loop {
@@ -668,7 +668,42 @@ async fn main_loop(
         if probe {
             drift.extend(blocking(|| sysctl_drift(agent.netns(), &uplink)));
         }
+        if native {
+            let mut next = recorded.clone();
+            next.extend(
+                peers
+                    .iter()
+                    .filter_map(|p| Some((p.pod_cidr?, p.ip?)))
+                    .filter(|(c, _)| {
+                        config
+                            .native_routing_cidr()
+                            .is_none_or(|n| contains(&n.net(), &IpNet::V4(*c)))
+                    }),
+            );
+            record_routes(&state_dir, &mut recorded, next);
+        }
         let statuses = blocking(|| reconcile_peers(&agent, &peers, &mut installed, probe));
+        if native {
+            if !leftovers.is_empty() {
+                let ns = agent.netns();
+                let present = blocking(|| ns.routes()).unwrap_or_default();
+                for (dst, via) in std::mem::take(&mut leftovers) {
+                    let ours_now = installed.contains_key(&dst);
+                    let there = present.iter().any(|r| r.dst == dst && r.via == Some(via));
+                    if !ours_now && there {
+                        match blocking(|| ns.delete_route(dst)) {
+                            Ok(()) => {
+                                tracing::info!(%dst, %via, "removed the route to a peer that left while the agent was down")
+                            }
+                            Err(e) => {
+                                tracing::warn!(%dst, %via, error = %e, "cannot remove a stale route to a departed peer")
+                            }
+                        }
+                    }
+                }
+            }
+            record_routes(&state_dir, &mut recorded, installed.clone());
+        }
         let mut st = runtime.lock().unwrap_or_else(|p| p.into_inner());
         for s in statuses {
             let keep = st.peers.get(&s.name).cloned();
@@ -688,6 +723,22 @@ async fn main_loop(
             }
             st.problems = drift;
         }
+    }
+}
+
+/// Writes the recorded peer routes when they changed (a failure is logged: the routes work
+/// anyway, only uninstall would miss them).
+fn record_routes(
+    state_dir: &std::path::Path,
+    recorded: &mut BTreeMap<Ipv4Net, Ipv4Addr>,
+    next: BTreeMap<Ipv4Net, Ipv4Addr>,
+) {
+    if *recorded == next {
+        return;
+    }
+    match crate::uninstall::write_routes(state_dir, &next) {
+        Ok(()) => *recorded = next,
+        Err(e) => tracing::warn!(error = %e, "cannot record the routes to peers"),
     }
 }
 

@@ -16,7 +16,8 @@
 //!   host routing is refused unless `allowDegraded` (seed 001);
 //! - **Services** ([`services`]): Services and EndpointSlices translated for this node
 //!   and synced into the datapath's service maps (the kube-proxy replacement);
-//! - the **status socket** ([`status`]) that `fibril status` reads.
+//! - the **status socket** ([`status`]) that `fibril status` reads;
+//! - **uninstall** ([`uninstall`]): removing everything it created on the node.
 //!
 //! The agent runs inside its node's network namespace in the lab; every netlink change
 //! goes through [`fibril_netlink::NetNs`] on that namespace, so nothing else is touched.
@@ -33,7 +34,9 @@ pub mod probe;
 pub mod server;
 pub mod services;
 pub mod status;
+pub mod uninstall;
 
 pub use agent::{Agent, Readiness};
-pub use controller::{run, run_with, run_with_options, uninstall, RunOptions, TUNNEL_DEVICE};
+pub use controller::{run, run_with, run_with_options, RunOptions, TUNNEL_DEVICE};
 pub use status::{read_refusal, read_status, status_socket_path, AgentStatus, Refusal};
+pub use uninstall::{uninstall, UninstallError, UninstallOptions, UninstallReport};

@@ -1098,3 +1098,105 @@ fn cluster_pool_overlapping_a_routed_firewall_subnet_is_refused_naming_both() {
         "{state:?}"
     );
 }
+
+/// What fibril has attached to `ifname` in `ns`, at both TCX hooks.
+fn tcx_attached(ns: &NetNs, ifname: &str) -> usize {
+    ns.run(|| {
+        // Every program at tc ingress, and every one at tc egress.
+        [fibril_bpf::Hook::FromNetdev, fibril_bpf::Hook::ToPod]
+            .into_iter()
+            .map(|h| fibril_bpf::tcx_programs(ifname, h).map_or(0, |p| p.len()))
+            .sum::<usize>()
+    })
+    .unwrap()
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and bpffs"]
+fn uninstall_refuses_while_running_or_serving_pods_and_then_leaves_nothing() {
+    use fibril_agent::{UninstallError, UninstallOptions};
+    let opts = Opts::default();
+    let mut env = Env::new(&opts);
+    env.start(&opts);
+    env.wait_ready();
+    let p1 = env.pod("a");
+    let ip1 = pod_ip(&ok_result(env.add("c1", &p1)));
+    // The route to the peer's pod range, installed by the agent.
+    let deadline = Instant::now() + WAIT;
+    while !env
+        .node
+        .routes()
+        .unwrap()
+        .iter()
+        .any(|r| r.dst.to_string() == PEER_CIDR)
+    {
+        assert!(Instant::now() < deadline, "no route to the peer's pod CIDR");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(tcx_attached(&env.node, "eth0") > 0);
+    let cfg = env.config(&opts);
+    let pins = cfg.bpf_pin_dir();
+    assert!(pins.exists());
+
+    // While the agent runs: refused (it would put everything back).
+    let e = fibril_agent::uninstall(&cfg, &env.node, UninstallOptions { force: true }).unwrap_err();
+    assert!(matches!(e, UninstallError::AgentRunning { .. }), "{e}");
+    env.agent.take().unwrap().stop().unwrap();
+
+    // A pod still on fibril's network: refused, naming it, and nothing removed.
+    let e =
+        fibril_agent::uninstall(&cfg, &env.node, UninstallOptions { force: false }).unwrap_err();
+    assert!(matches!(e, UninstallError::LiveEndpoints { .. }), "{e}");
+    assert!(e.to_string().contains(&ip1.to_string()), "{e}");
+    assert!(env.conflist().exists() && pins.exists());
+
+    // Forced: everything of fibril goes.
+    let r = fibril_agent::uninstall(&cfg, &env.node, UninstallOptions { force: true }).unwrap();
+    let removed = r.removed.join("\n");
+    assert!(removed.contains("CNI config"), "{removed}");
+    assert!(
+        removed.contains(&format!("route {PEER_CIDR} via {PEER_IP}")),
+        "{removed}"
+    );
+    assert!(removed.contains("programs"), "{removed}");
+    assert!(!env.conflist().exists());
+    assert!(!pins.exists(), "{} remains", pins.display());
+    assert!(!cfg.paths.state_dir.exists());
+    let links = env.node.links().unwrap();
+    assert!(
+        !links
+            .iter()
+            .any(|l| fibril_agent::endpoint::is_pod_veth(&l.name)
+                || l.name == fibril_agent::TUNNEL_DEVICE),
+        "{links:?}"
+    );
+    assert!(
+        p1.link("eth0").unwrap().is_none(),
+        "the pod's interface went with its veth"
+    );
+    assert!(
+        !env.node
+            .routes()
+            .unwrap()
+            .iter()
+            .any(|r| r.dst.to_string() == PEER_CIDR),
+        "the route to the peer is gone"
+    );
+    // The kernel lets go of the unpinned links.
+    let deadline = Instant::now() + WAIT;
+    while tcx_attached(&env.node, "eth0") > 0 {
+        assert!(Instant::now() < deadline, "programs still attached to eth0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The node's own address and default route are untouched.
+    assert!(env
+        .node
+        .addrs()
+        .unwrap()
+        .iter()
+        .any(|a| a.addr.addr().to_string() == NODE_IP));
+    // A second run finds nothing to do.
+    let again =
+        fibril_agent::uninstall(&cfg, &env.node, UninstallOptions { force: false }).unwrap();
+    assert!(again.removed.is_empty(), "{:?}", again.removed);
+}

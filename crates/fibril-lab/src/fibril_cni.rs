@@ -24,6 +24,12 @@ pub fn agent_config_path(layout: &LabLayout, node: &str) -> PathBuf {
     layout.node_dir(node).join("agent.yaml")
 }
 
+/// While this file exists the supervisor keeps the node's fibril agent stopped: written by
+/// `fibril uninstall --node N` before it removes fibril from the node.
+pub fn agent_uninstall_marker(layout: &LabLayout, node: &str) -> PathBuf {
+    layout.node_dir(node).join("fibril-agent.uninstalled")
+}
+
 /// The `fibril-cni` binary shipped with `fibril_exe`.
 pub fn fibril_cni_exe(fibril_exe: &Path) -> PathBuf {
     fibril_exe

@@ -270,9 +270,28 @@ async fn supervise_one(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(500);
+    // `fibril uninstall --node N` marks the node's fibril agent uninstalled: it is stopped
+    // and stays stopped (as deleting a DaemonSet's pod from a node would leave it).
+    let uninstalled = || match (&spec.kind, &spec.node) {
+        (ComponentKind::FibrilAgent, Some(node)) => {
+            crate::fibril_cni::agent_uninstall_marker(&shared.layout, node).exists()
+        }
+        _ => false,
+    };
     loop {
         if *stop.borrow() {
             break;
+        }
+        if uninstalled() {
+            shared.update(&spec.id, |s| {
+                s.state = ComponentState::Stopped;
+                s.pid = None;
+                s.last_exit = Some("uninstalled".into());
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                _ = stop.changed() => break,
+            }
         }
         let child = command_for(&shared.layout, &exe, &spec)
             .and_then(|c| tokio::process::Command::from(c).spawn().map_err(Into::into));
@@ -327,6 +346,14 @@ async fn supervise_one(
             _ = stop.changed() => {
                 stop_child(&mut child, &spec.id).await;
                 break;
+            }
+            _ = async {
+                while !uninstalled() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            } => {
+                tracing::info!(component = %spec.id, "uninstalled: stopping it for good");
+                stop_child(&mut child, &spec.id).await;
             }
         }
     }

@@ -5,6 +5,7 @@ mod doctor_cmd;
 mod lab_cmd;
 mod output;
 mod status_cmd;
+mod uninstall_cmd;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,22 @@ enum Command {
         /// Read this status socket instead of a lab's (an agent outside a lab).
         #[arg(long, conflicts_with = "node")]
         socket: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Remove fibril from one node of a lab: stops its agent for good, then removes the CNI
+    /// config, the programs, the node's pinned maps, the routes and VXLAN device the agent
+    /// created and its state, and gives a cluster-pool block back. Refused while pods on the
+    /// node still use fibril's network, unless --force.
+    Uninstall {
+        #[command(flatten)]
+        lab: LabSel,
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// Also when pods still have endpoints: their interfaces are removed too.
+        #[arg(long)]
+        force: bool,
         #[arg(short, long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
@@ -412,6 +429,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             };
             tokio::task::spawn_blocking(move || status_cmd::run(target, output)).await?
         }
+        Command::Uninstall {
+            lab,
+            node,
+            force,
+            output,
+        } => uninstall_cmd::run(&lab.name, &node, force, output).await,
         Command::Bpf(BpfCommand::Counters { lab, node, output }) => {
             bpf_cmd::counters(&lab.name, node.as_deref(), output)
                 .await

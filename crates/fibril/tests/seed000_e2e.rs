@@ -14,7 +14,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{ensure_fibril_cni, wait_for, Lab};
+use common::{echo_pod, ensure_fibril_cni, wait_for, Lab};
 
 const FIREWALL: &str = "10.0.64.0/24";
 
@@ -67,20 +67,6 @@ fn assert_no_conflist(lab: &Lab, node: &str) {
         .unwrap_or_default();
     assert!(files.is_empty(), "{}: {files:?}", dir.display());
 }
-
-const POD: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: web
-  namespace: default
-spec:
-  containers:
-    - name: echo
-      image: fibril/echo
-      ports:
-        - {containerPort: 8080}
-"#;
 
 #[test]
 #[ignore = "privileged: needs root, netns and BPF"]
@@ -177,7 +163,7 @@ fn seed000_pool_over_a_routed_firewall_subnet_is_refused_on_every_node() {
 
     // A pod stays Pending, with the reason: no node is Ready.
     let m = lab.state_root.join("pod.yaml");
-    std::fs::write(&m, POD).unwrap();
+    std::fs::write(&m, echo_pod("web", None)).unwrap();
     lab.ok(&["lab", "apply", "-f", m.to_str().unwrap()]);
     let pod = wait_for(
         "the pod's scheduling condition",

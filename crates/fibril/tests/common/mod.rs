@@ -162,3 +162,15 @@ pub fn ready(pod: &Value) -> bool {
                 .any(|c| c["type"] == "Ready" && c["status"] == "True")
         })
 }
+
+/// A one-container `fibril/echo` pod named `name` in `default`, on `node` if given.
+pub fn echo_pod(name: &str, node: Option<&str>) -> String {
+    let node = node
+        .map(|n| format!("  nodeName: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n\
+         {node}  containers:\n    - name: echo\n      image: fibril/echo\n      ports:\n        \
+         - {{containerPort: 8080}}\n"
+    )
+}
