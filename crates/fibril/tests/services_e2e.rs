@@ -74,11 +74,21 @@ fn classify(e: std::io::Error, started: Instant) -> Fail {
 
 /// One HTTP/1.0 GET on a new connection from inside `ns`; the body, trimmed.
 fn http(ns: &NetNs, addr: SocketAddrV4, path: &str) -> Result<String, Fail> {
+    http_within(ns, addr, path, Duration::from_secs(2))
+}
+
+/// [`http`] with `timeout` to connect (and half as long again to answer).
+fn http_within(
+    ns: &NetNs,
+    addr: SocketAddrV4,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, Fail> {
     ns.run(|| {
         let started = Instant::now();
-        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
-            .map_err(|e| classify(e, started))?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let mut s =
+            TcpStream::connect_timeout(&addr.into(), timeout).map_err(|e| classify(e, started))?;
+        s.set_read_timeout(Some(timeout * 3 / 2)).ok();
         s.write_all(
             format!("GET {path} HTTP/1.0\r\nHost: svc\r\nConnection: close\r\n\r\n").as_bytes(),
         )
@@ -820,6 +830,70 @@ fn check_terminating_fallback(f: &ClusterIpFixture) {
     );
 }
 
+/// Row 19 through the real path: a pod that keeps serving through its grace period (it
+/// ignores SIGTERM) is deleted; while it terminates, its endpoint is serving and
+/// terminating, and as the Service's only endpoint it still gets new connections, from
+/// both nodes. (The lab kubelet caps grace periods at 5 s, so this is polled tightly.)
+fn check_graceful_deletion_fallback(f: &ClusterIpFixture) {
+    let node = f.c.node(2);
+    let argv = format!(
+        "trap '' TERM; exec {} lab workload echo --pod-name graceful --pod-namespace {NS} \
+         --node {node} --tcp 8080",
+        common::FIBRIL
+    );
+    let mut pod = echo_pod("graceful", &node, json!({"app": "graceful"}), web_ports());
+    pod["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    pod["spec"]["containers"][0]["command"] = json!(["sh", "-c", argv]);
+    let svc = web_service("graceful", json!({"app": "graceful"}), json!({}));
+    f.c.apply(&[pod.clone(), svc]);
+    f.c.ready_pods(&["graceful"]);
+    let vip = f.c.cluster_ip("graceful");
+    let (ns1, ns2) = (f.ns("client-1"), f.ns("client-2"));
+    let only = names(&["graceful"]);
+    eventually("graceful serves", LAG, || {
+        reaches(&ns1, sock(vip, 80), &only, 3, true)
+    });
+    f.c.delete(&[pod]);
+    let terminating = |conds: &Value| {
+        conds["ready"] == false && conds["serving"] == true && conds["terminating"] == true
+    };
+    eventually(
+        "served while terminating, from both nodes",
+        Duration::from_secs(4),
+        || {
+            let v =
+                f.c.lab
+                    .json(&["lab", "get", "endpointslices", "-n", NS, "-o", "json"]);
+            let eps: Vec<Value> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "graceful")
+                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                .collect();
+            if eps.len() != 1 || !terminating(&eps[0]["conditions"]) {
+                return Err(format!("endpoints: {eps:?}"));
+            }
+            // Both nodes' datapaths hold it as the fallback backend (not a stale ready
+            // one), and serve it.
+            for i in [1, 2] {
+                let entries = f.c.bpf_services(&f.c.node(i));
+                let e = entries
+                    .iter()
+                    .find(|e| e["frontend"]["ip"] == vip.to_string() && e["frontend"]["port"] == 80)
+                    .ok_or(format!("node {i}: no entry"))?;
+                if e["backends"].as_array().map(Vec::len) != Some(1)
+                    || e["backends"][0]["terminating"] != true
+                {
+                    return Err(format!("node {i}: {e}"));
+                }
+            }
+            reaches(&ns1, sock(vip, 80), &only, 2, true)?;
+            reaches(&ns2, sock(vip, 80), &only, 2, true)
+        },
+    );
+}
+
 /// Row 22 and the CVE-2020-8554 guard: an allowed externalIP is served from pods; one
 /// outside the allowed range (the world host's address) is refused, with an Event, a log
 /// line and a status problem naming the Service, and never captures traffic.
@@ -1162,6 +1236,7 @@ fn cluster_ip_services_through_bpf() {
     check_no_endpoints_rejects(&f);
     check_internal_traffic_policy_local(&f);
     check_terminating_fallback(&f);
+    check_graceful_deletion_fallback(&f);
     check_external_ips(&f);
     check_selectorless_user_slices(&f);
     check_established_connection_survives_churn(&f);
@@ -1381,22 +1456,27 @@ fn check_agent_restart(f: &ExternalFixture) {
     let load = {
         let (stop, ns, all) = (stop.clone(), client.clone(), all.clone());
         std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, Vec::new());
+            let (mut ok, mut failed, mut slowest) = (0u32, Vec::new(), Duration::ZERO);
+            let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                match hostname(&ns, sock(vip, 80)) {
+                let t = start.elapsed();
+                match http_within(&ns, sock(vip, 80), "/hostname", Duration::from_secs(5)) {
                     Ok(h) if all.contains(&h) => ok += 1,
-                    other => failed.push(format!("{other:?}")),
+                    other => failed.push(format!("at {t:?}: {other:?}")),
                 }
+                slowest = slowest.max(start.elapsed() - t);
                 std::thread::sleep(Duration::from_millis(10));
             }
-            (ok, failed)
+            (ok, failed, slowest)
         })
     };
+    let started = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     let id = format!("fibril-agent/{}", f.c.node(1));
     let pid_of = || f.c.lab.component(&id);
     let (pid, _) = pid_of().unwrap();
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    eprintln!("agent {pid} killed at {:?}", started.elapsed());
     wait_for(
         "the agent restarted and synced",
         Duration::from_secs(60),
@@ -1413,11 +1493,12 @@ fn check_agent_restart(f: &ExternalFixture) {
             .then_some(())
         },
     );
+    eprintln!("agent back and synced at {:?}", started.elapsed());
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
+    let (ok, failed, slowest) = load.join().unwrap();
     eprintln!(
-        "{ok} requests across the agent's SIGKILL, {} failed",
+        "{ok} requests across the agent's SIGKILL, {} failed, the slowest took {slowest:?}",
         failed.len()
     );
     assert!(
