@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use fibril_core::agent_config::ValidConfig;
 use fibril_core::cni_api::{
@@ -39,6 +40,20 @@ fn err(code: u32, msg: impl Into<String>, details: impl Into<String>) -> AgentEr
 
 fn internal(what: &str, e: impl std::fmt::Display) -> AgentError {
     err(INTERNAL_FAILURE, format!("{what}: {e}"), "")
+}
+
+/// Where an ADD's time went (debug log): allocation and record (both fsynced), the veth
+/// and pod interface, waiting for the dataplane lock, and attaching the programs.
+#[derive(Default)]
+struct AddPhases {
+    state: Duration,
+    plumb: Duration,
+    dataplane_wait: Duration,
+    dataplane: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Whether ADD can be served, and if not, why.
@@ -227,6 +242,8 @@ impl Agent {
         config: Option<&NetworkConfig>,
     ) -> Result<CniResult, AgentError> {
         let (ipam, dp) = self.ready_parts()?;
+        let started = Instant::now();
+        let mut phases = AddPhases::default();
         let key = req.attachment.key();
         let lock = self.lock_attachment(&key);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,70 +284,90 @@ impl Agent {
             netns: req.netns.clone(),
             pod: req.attachment.pod.clone(),
         };
-        self.endpoints
-            .save(&rec)
-            .map_err(|e| internal("recording the endpoint", e))?;
+        phases.state = started.elapsed();
 
-        let setup = || -> Result<CniResult, AgentError> {
-            let p = endpoint::plumb(
-                &self.netns,
-                &pod_ns,
-                &host_veth,
-                key.ifname.as_str(),
-                ip,
-                gateway,
-                self.pod_mtu(config),
-            )
-            .map_err(|e| internal("setting up the pod interface", e))?;
-            let ep = EndpointInfo {
-                ip,
-                host_ifname: host_veth.clone(),
-                host_ifindex: p.host.index,
-                host_mac: p.host.mac.ok_or_else(|| internal("host veth", "no MAC"))?,
-                pod_mac: p
-                    .pod
-                    .mac
-                    .ok_or_else(|| internal("pod interface", "no MAC"))?,
-            };
-            dp.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add_endpoint(&self.netns, &ep)
-                .map_err(|e| internal("registering the endpoint with the dataplane", e))?;
-            let mut result = req.prev_result.clone().unwrap_or_default();
-            result.interfaces.push(Interface {
-                name: host_veth.clone(),
-                mac: Some(ep.host_mac.to_string()),
-                ..Interface::default()
-            });
-            result.interfaces.push(Interface {
-                name: key.ifname.to_string(),
-                mac: Some(ep.pod_mac.to_string()),
-                sandbox: Some(req.netns.display().to_string()),
-                mtu: p.pod.mtu,
-                ..Interface::default()
-            });
-            result.ips.push(IpConfig {
-                address: IpNet::V4(Ipv4Net::new(ip, 32).expect("/32 is valid")),
-                gateway: Some(IpAddr::V4(gateway)),
-                interface: Some(result.interfaces.len() - 1),
-            });
-            result.routes.push(Route {
-                dst: IpNet::V4(Ipv4Net::default()),
-                gw: Some(IpAddr::V4(gateway)),
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            });
-            if let Some(dns) = config.and_then(|c| c.dns.clone()) {
-                result.dns = dns;
-            }
-            Ok(result)
+        let mut setup = || -> Result<CniResult, AgentError> {
+            // Three things at once, each of which waits on something else (the disk, the
+            // kernel's RCU grace periods of two TCX attaches, netlink round trips): the
+            // endpoint record reaches the disk, the programs are attached to the new host
+            // veth, and the pod side is configured. The address is already persisted; a
+            // crash before the record is durable leaves a veth that DEL or GC removes by
+            // its derived name.
+            std::thread::scope(|s| {
+                let saving = s.spawn(|| self.endpoints.save(&rec));
+                let mut interfaces = || -> Result<(endpoint::Plumbed, EndpointInfo), AgentError> {
+                    let t = Instant::now();
+                    let pair = endpoint::create_pair(
+                        &self.netns,
+                        &pod_ns,
+                        &host_veth,
+                        key.ifname.as_str(),
+                        self.pod_mtu(config),
+                    )
+                    .map_err(|e| internal("creating the pod's veth pair", e))?;
+                    let ep = EndpointInfo {
+                        ip,
+                        host_ifname: host_veth.clone(),
+                        host_ifindex: pair.host.index,
+                        host_mac: pair
+                            .host
+                            .mac
+                            .ok_or_else(|| internal("host veth", "no MAC"))?,
+                        pod_mac: pair
+                            .pod
+                            .mac
+                            .ok_or_else(|| internal("pod interface", "no MAC"))?,
+                    };
+                    let for_dp = ep.clone();
+                    let node_ns = &self.netns;
+                    let attaching = s.spawn(move || {
+                        let t = Instant::now();
+                        let mut dp = dp.lock().unwrap_or_else(|e| e.into_inner());
+                        let wait = t.elapsed();
+                        let t = Instant::now();
+                        let r = dp.add_endpoint(node_ns, &for_dp);
+                        (r, wait, t.elapsed())
+                    });
+                    let configured = endpoint::configure(
+                        &self.netns,
+                        &pod_ns,
+                        &host_veth,
+                        key.ifname.as_str(),
+                        ip,
+                        gateway,
+                        ep.host_mac,
+                    );
+                    phases.plumb = t.elapsed();
+                    let (attached, wait, took) = attaching
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    phases.dataplane_wait = wait;
+                    phases.dataplane = took;
+                    let p = configured.map_err(|e| internal("setting up the pod interface", e))?;
+                    attached
+                        .map_err(|e| internal("registering the endpoint with the dataplane", e))?;
+                    Ok((p, ep))
+                };
+                let outcome = interfaces();
+                let saved = saving
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                let (p, ep) = outcome?;
+                saved.map_err(|e| internal("recording the endpoint", e))?;
+                self.result_of(&req, config, &key, &p, &ep, gateway)
+            })
         };
         match setup() {
             Ok(r) => {
                 tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip, veth = %host_veth, "ADD");
+                tracing::debug!(
+                    total_ms = ms(started.elapsed()),
+                    ipam_and_record_ms = ms(phases.state),
+                    plumb_ms = ms(phases.plumb),
+                    dataplane_lock_wait_ms = ms(phases.dataplane_wait),
+                    dataplane_ms = ms(phases.dataplane),
+                    "ADD phases"
+                );
                 Ok(r)
             }
             Err(e) => {
@@ -340,6 +377,50 @@ impl Agent {
                 Err(e)
             }
         }
+    }
+
+    /// The CNI result of an ADD whose interfaces `p` and endpoint `ep` are in place.
+    fn result_of(
+        &self,
+        req: &AddRequest,
+        config: Option<&NetworkConfig>,
+        key: &AttachmentKey,
+        p: &endpoint::Plumbed,
+        ep: &EndpointInfo,
+        gateway: Ipv4Addr,
+    ) -> Result<CniResult, AgentError> {
+        let ip = ep.ip;
+        let mut result = req.prev_result.clone().unwrap_or_default();
+        result.interfaces.push(Interface {
+            name: ep.host_ifname.clone(),
+            mac: Some(ep.host_mac.to_string()),
+            ..Interface::default()
+        });
+        result.interfaces.push(Interface {
+            name: key.ifname.to_string(),
+            mac: Some(ep.pod_mac.to_string()),
+            sandbox: Some(req.netns.display().to_string()),
+            mtu: p.pod.mtu,
+            ..Interface::default()
+        });
+        result.ips.push(IpConfig {
+            address: IpNet::V4(Ipv4Net::new(ip, 32).expect("/32 is valid")),
+            gateway: Some(IpAddr::V4(gateway)),
+            interface: Some(result.interfaces.len() - 1),
+        });
+        result.routes.push(Route {
+            dst: IpNet::V4(Ipv4Net::default()),
+            gw: Some(IpAddr::V4(gateway)),
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        });
+        if let Some(dns) = config.and_then(|c| c.dns.clone()) {
+            result.dns = dns;
+        }
+        Ok(result)
     }
 
     /// Releases everything held for one attachment; every failure is reported.

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use fibril_core::cni_api::{AttachmentKey, PodIdentity};
-use fibril_netlink::{LinkInfo, NetNs, Route};
+use fibril_netlink::{LinkInfo, MacAddr, NetNs, Route};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -144,7 +144,9 @@ pub struct Plumbed {
 }
 
 /// Creates (or repairs) the veth pair and addresses the pod; `mtu` on both ends when given
-/// (tunnel mode leaves room for the VXLAN header). Idempotent.
+/// (tunnel mode leaves room for the VXLAN header). Idempotent. [`create_pair`] then
+/// [`configure`]; ADD runs them apart so that the programs are attached to the new host
+/// veth while the pod side is configured.
 pub fn plumb(
     node: &NetNs,
     pod: &NetNs,
@@ -154,23 +156,58 @@ pub fn plumb(
     gateway: Ipv4Addr,
     mtu: Option<u32>,
 ) -> Result<Plumbed, fibril_netlink::Error> {
+    let pair = create_pair(node, pod, host_veth, ifname, mtu)?;
+    let host_mac = pair.host.mac.ok_or_else(|| no_mac(node, host_veth))?;
+    configure(node, pod, host_veth, ifname, ip, gateway, host_mac)
+}
+
+fn no_mac(ns: &NetNs, ifname: &str) -> fibril_netlink::Error {
+    fibril_netlink::Error::LinkNotFound {
+        netns: ns.name().to_string(),
+        ifname: format!("{ifname} (no MAC)"),
+    }
+}
+
+fn get_link(ns: &NetNs, ifname: &str) -> Result<LinkInfo, fibril_netlink::Error> {
+    ns.link(ifname)?
+        .ok_or_else(|| fibril_netlink::Error::LinkNotFound {
+            netns: ns.name().to_string(),
+            ifname: ifname.to_string(),
+        })
+}
+
+/// The veth pair, host side `host_veth` in `node`, pod side `ifname` in `pod`, both down
+/// and unaddressed if new. Idempotent.
+pub fn create_pair(
+    node: &NetNs,
+    pod: &NetNs,
+    host_veth: &str,
+    ifname: &str,
+    mtu: Option<u32>,
+) -> Result<Plumbed, fibril_netlink::Error> {
     node.ensure_veth(host_veth, ifname, pod)?;
     if let Some(mtu) = mtu {
         node.set_mtu(host_veth, mtu)?;
         pod.set_mtu(ifname, mtu)?;
     }
-    let host = node
-        .link(host_veth)?
-        .ok_or_else(|| fibril_netlink::Error::LinkNotFound {
-            netns: node.name().to_string(),
-            ifname: host_veth.to_string(),
-        })?;
-    let host_mac = host
-        .mac
-        .ok_or_else(|| fibril_netlink::Error::LinkNotFound {
-            netns: node.name().to_string(),
-            ifname: format!("{host_veth} (no MAC)"),
-        })?;
+    Ok(Plumbed {
+        host: get_link(node, host_veth)?,
+        pod: get_link(pod, ifname)?,
+    })
+}
+
+/// Everything but the pair: the host veth's sysctls and state, the pod's address, gateway
+/// neighbour and routes, and the node's route to the pod. Returns both ends as they are
+/// now. Idempotent.
+pub fn configure(
+    node: &NetNs,
+    pod: &NetNs,
+    host_veth: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    host_mac: MacAddr,
+) -> Result<Plumbed, fibril_netlink::Error> {
     // Packets from the pod are routed by the node; reverse-path filtering on the veth
     // would only ever drop legitimate asymmetric replies (seed 002).
     node.set_sysctl(&format!("net/ipv4/conf/{host_veth}/rp_filter"), "0")?;
@@ -198,16 +235,9 @@ pub fn plumb(
         via: None,
         dev: Some(host_veth.to_string()),
     })?;
-    let pod_link = pod
-        .link(ifname)?
-        .ok_or_else(|| fibril_netlink::Error::LinkNotFound {
-            netns: pod.name().to_string(),
-            ifname: ifname.to_string(),
-        })?;
-    let host = node.link(host_veth)?.unwrap_or(host);
     Ok(Plumbed {
-        host,
-        pod: pod_link,
+        host: get_link(node, host_veth)?,
+        pod: get_link(pod, ifname)?,
     })
 }
 
