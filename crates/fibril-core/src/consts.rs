@@ -39,6 +39,9 @@ pub const ECHO_IMAGE: &str = "fibril/echo";
 pub const ECHO_HOSTNAME_PATH: &str = "/hostname";
 /// HTTP path on the echo workload that returns the client's `ip:port` as the pod saw it.
 pub const ECHO_CLIENTIP_PATH: &str = "/clientip";
+/// The built-in NetworkPolicy conformance server (agnhost `serve-hostname`/`porter`'s
+/// place): it answers its pod's `<namespace>/<name>` on every TCP, UDP and SCTP port.
+pub const NETPOL_SERVER_IMAGE: &str = "fibril/netpol-server";
 
 /// Cluster DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";

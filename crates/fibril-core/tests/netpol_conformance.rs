@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use fibril_core::policy::conformance::{run_reference, Case, Model, Observed};
+use fibril_core::policy::conformance::{check_step, run_reference, Case, Model, Observed};
 use fibril_core::policy::PodKey;
 use fibril_core::services::L4Proto;
 
@@ -227,4 +227,39 @@ steps:
     assert_eq!(c.steps[1].actions.len(), 8);
     let e = Case::parse("t.yaml", &steps.replace("pod: x/d}", "pod: xd}")).unwrap_err();
     assert!(e.to_string().contains("not a pod reference"), "{e}");
+}
+
+#[test]
+fn unprobed_and_unsupported_cells_fail_a_step() {
+    let model = model();
+    let case = cases("netpol")
+        .into_iter()
+        .find(|c| c.name == "e2e-16-allow-all")
+        .unwrap();
+    let step = &case.steps[0];
+    let pods: Vec<PodKey> = model.pods.keys().cloned().collect();
+    let all_allowed = check_step(step, &pods, |_| Observed::Allowed);
+    assert!(all_allowed.passed(), "{:?}", all_allowed);
+    for odd in [
+        Observed::Unprobed("no server".into()),
+        Observed::Unsupported("no SCTP".into()),
+    ] {
+        assert!(!odd.probed());
+        let r = check_step(step, &pods, |c| {
+            if c.from.to_string() == "x/a" && c.to.to_string() == "x/b" && c.port == 80 {
+                odd.clone()
+            } else {
+                Observed::Allowed
+            }
+        });
+        assert!(!r.passed());
+        assert_eq!(r.cells, 144);
+        assert_eq!(r.mismatches.len(), 1);
+        assert_eq!(r.mismatches[0].observed, odd);
+    }
+    assert!(Observed::Allowed.probed() && Observed::Denied.probed());
+    assert_eq!(
+        Observed::Unsupported("no SCTP".into()).to_string(),
+        "unsupported (no SCTP)"
+    );
 }

@@ -1,6 +1,7 @@
 //! The `fibril` command: parses arguments and calls the libraries.
 
 mod bpf_cmd;
+mod connectivity;
 mod doctor_cmd;
 mod lab_cmd;
 mod output;
@@ -36,6 +37,9 @@ enum Command {
     /// Check a fibril or Cilium cluster's exported state (or a live lab) for the
     /// misconfigurations behind known incidents.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Reachability tests against a live lab.
+    #[command(subcommand)]
+    Connectivity(connectivity::ConnectivityCommand),
     /// What the fibril agent of each node reports: routing, host routing, IPAM, endpoints,
     /// programs, API connectivity, node reachability. Exits non-zero if one is not ready.
     Status {
@@ -220,6 +224,22 @@ enum WorkloadCommand {
         /// TTL of answers (and of cached negative answers), in seconds.
         #[arg(long, default_value_t = fibril_core::consts::DNS_TTL_SECONDS)]
         ttl: u32,
+    },
+    /// fibril/netpol-server: answers the pod's `<namespace>/<name>` on every port.
+    NetpolServer {
+        #[arg(long)]
+        pod_name: String,
+        #[arg(long)]
+        pod_namespace: String,
+        #[arg(long)]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        udp: Vec<u16>,
+        #[arg(long)]
+        sctp: Vec<u16>,
+        /// Leave SCTP ports unserved (logged) when the kernel has no SCTP.
+        #[arg(long)]
+        skip_unsupported_sctp: bool,
     },
 }
 
@@ -411,6 +431,25 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 .await
                 .map(|_| ok)
             }
+            LabCommand::Workload(WorkloadCommand::NetpolServer {
+                pod_name,
+                pod_namespace,
+                tcp,
+                udp,
+                sctp,
+                skip_unsupported_sctp,
+            }) => {
+                fibril_lab::workload::run_netpol_server(fibril_lab::workload::NetpolServerConfig {
+                    pod_name,
+                    pod_namespace,
+                    tcp,
+                    udp,
+                    sctp,
+                    skip_unsupported_sctp,
+                })
+                .await
+                .map(|_| ok)
+            }
         },
         // `--lab` reads namespaces through blocking netlink calls.
         Command::Doctor(args) => tokio::task::spawn_blocking(move || doctor_cmd::run(args)).await?,
@@ -435,6 +474,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             force,
             output,
         } => uninstall_cmd::run(&lab.name, &node, force, output).await,
+        Command::Connectivity(c) => connectivity::run(c).await,
         Command::Bpf(BpfCommand::Counters { lab, node, output }) => {
             bpf_cmd::counters(&lab.name, node.as_deref(), output)
                 .await

@@ -817,6 +817,16 @@ pub enum Observed {
     Denied,
     /// The cell could not be probed (a failure, never a pass), with the reason.
     Unprobed(String),
+    /// The prober cannot carry this cell's protocol here (e.g. a kernel without SCTP), with
+    /// the reason: counted apart from [`Observed::Unprobed`], and a failure too.
+    Unsupported(String),
+}
+
+impl Observed {
+    /// Whether the cell was really probed (allowed or denied).
+    pub fn probed(&self) -> bool {
+        matches!(self, Observed::Allowed | Observed::Denied)
+    }
 }
 
 impl fmt::Display for Observed {
@@ -825,6 +835,7 @@ impl fmt::Display for Observed {
             Observed::Allowed => f.write_str("allowed"),
             Observed::Denied => f.write_str("denied"),
             Observed::Unprobed(why) => write!(f, "not probed ({why})"),
+            Observed::Unsupported(why) => write!(f, "unsupported ({why})"),
         }
     }
 }
@@ -941,7 +952,7 @@ pub fn check_step(
         let ok = match observed {
             Observed::Allowed => c.allowed,
             Observed::Denied => !c.allowed,
-            Observed::Unprobed(_) => false,
+            Observed::Unprobed(_) | Observed::Unsupported(_) => false,
         };
         if !ok {
             report.mismatches.push(Mismatch {

@@ -127,11 +127,28 @@ pub fn container_argv(
         argv.extend(c.args.iter().flatten().map(expand));
         return Ok(argv);
     }
+    if image_base(&image) == consts::NETPOL_SERVER_IMAGE {
+        // The image's entrypoint with the pod's identity and ports, then the container's
+        // args, as a runtime would.
+        let mut argv = workload_argv(ctx, "netpol-server");
+        argv.extend(pod_args(pod));
+        argv.extend(flag_args(port_flags(c, true)?));
+        argv.extend(c.args.iter().flatten().map(expand));
+        return Ok(argv);
+    }
     if image_base(&image) != consts::ECHO_IMAGE {
         return Err(SpecError::NoEntrypoint { image });
     }
     let mut argv = workload_argv(ctx, "echo");
-    argv.extend([
+    argv.extend(pod_args(pod));
+    argv.extend(["--node".into(), ctx.node_name.into()]);
+    argv.extend(flag_args(echo_ports(c)?));
+    Ok(argv)
+}
+
+/// `--pod-name N --pod-namespace NS`: who a built-in workload serves as.
+fn pod_args(pod: &Pod) -> [String; 4] {
+    [
         "--pod-name".into(),
         pod.metadata.name.clone().unwrap_or_default(),
         "--pod-namespace".into(),
@@ -139,14 +156,14 @@ pub fn container_argv(
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into()),
-        "--node".into(),
-        ctx.node_name.into(),
-    ]);
-    for (flag, port) in echo_ports(c)? {
-        argv.push(flag.into());
-        argv.push(port.to_string());
-    }
-    Ok(argv)
+    ]
+}
+
+/// `[(flag, port)]` → `flag port ...`.
+fn flag_args(flags: Vec<(&'static str, u16)>) -> impl Iterator<Item = String> {
+    flags
+        .into_iter()
+        .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
 }
 
 /// `fibril lab workload <name>`: the entrypoint of a built-in image.
@@ -176,6 +193,12 @@ pub fn is_echo(c: &Container) -> bool {
 
 /// `(--tcp|--udp, port)` for every container port, in spec order.
 fn echo_ports(c: &Container) -> Result<Vec<(&'static str, u16)>, SpecError> {
+    port_flags(c, false)
+}
+
+/// `(--tcp|--udp|--sctp, port)` for every container port, in spec order; SCTP only when
+/// the workload serves it.
+fn port_flags(c: &Container, sctp: bool) -> Result<Vec<(&'static str, u16)>, SpecError> {
     let mut out = Vec::new();
     for p in c.ports.iter().flatten() {
         let protocol = p.protocol.as_deref().unwrap_or("TCP");
@@ -190,6 +213,7 @@ fn echo_ports(c: &Container) -> Result<Vec<(&'static str, u16)>, SpecError> {
         let flag = match protocol {
             "TCP" => "--tcp",
             "UDP" => "--udp",
+            "SCTP" if sctp => "--sctp",
             _ => return Err(bad()),
         };
         out.push((flag, port));
@@ -486,6 +510,39 @@ mod tests {
             "/usr/bin/fibril lab workload dns --api-socket /run/x/api.sock"
         );
         assert!(!is_echo(&c));
+    }
+
+    #[test]
+    fn netpol_server_image_serves_every_protocol_then_takes_its_args() {
+        let port = |n, proto: &str| ContainerPort {
+            container_port: n,
+            protocol: Some(proto.into()),
+            ..Default::default()
+        };
+        let mut c = Container {
+            name: "cont-80-sctp".into(),
+            image: Some("fibril/netpol-server".into()),
+            ports: Some(vec![port(80, "SCTP"), port(81, "TCP"), port(82, "UDP")]),
+            args: Some(vec!["--skip-unsupported-sctp".into()]),
+            ..Default::default()
+        };
+        let p = pod("x", PodSpec::default());
+        let argv = container_argv(&p, &c, &ctx(), &BTreeMap::new()).unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "/usr/bin/fibril lab workload netpol-server --pod-name web-1 --pod-namespace x \
+             --sctp 80 --tcp 81 --udp 82 --skip-unsupported-sctp"
+        );
+        assert!(!is_echo(&c));
+        // The echo image still refuses SCTP.
+        c.image = Some("fibril/echo".into());
+        assert_eq!(
+            container_argv(&p, &c, &ctx(), &BTreeMap::new()).unwrap_err(),
+            SpecError::BadPort {
+                port: 80,
+                protocol: "SCTP".into()
+            }
+        );
     }
 
     #[test]
