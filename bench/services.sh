@@ -480,7 +480,7 @@ peer_program() {
 # connections walked KUBE-SERVICES to its end).
 peer_evidence() {
   local st=$1 n=$2 lab=${LAB_OF[$1]} chain pk
-  chain=$("$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import kube_proxy_rules as k
+  chain=$("$PY" -B -c 'import sys; sys.path.insert(0, sys.argv[1]); import kube_proxy_rules as k
 i, per = int(sys.argv[2]) - 1, int(sys.argv[3])
 name = f"bench/svc-{i}:http" if per == 1 else f"bench/svc-{i // per}:p{i % per}"
 print(k.chain("KUBE-SVC-", name + "tcp"))' "$here" "$n" "$PORTS")
