@@ -423,11 +423,12 @@ struct fibril_affinity {
 #define FIBRIL_AFFINITY_MAX_ENTRIES 65536
 
 /* What a service entry is called, for dumps and after an agent restart
- * (the programs never read it). NUL-padded; Kubernetes bounds these names
- * at 63, 63 and 15 characters. */
+ * (the programs never read it). NUL-padded; Kubernetes bounds all three
+ * at 63 characters (a Service port name is a DNS label, unlike a container
+ * port name, which is an IANA service name of at most 15). */
 #define FIBRIL_SVC_NAMESPACE_LEN 64
 #define FIBRIL_SVC_NAME_LEN 64
-#define FIBRIL_SVC_PORT_NAME_LEN 16
+#define FIBRIL_SVC_PORT_NAME_LEN 64
 
 struct fibril_svc_meta {
 	__u8 namespace_[FIBRIL_SVC_NAMESPACE_LEN];

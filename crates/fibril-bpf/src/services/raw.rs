@@ -501,7 +501,8 @@ mod tests {
         let mut e = entry([10, 96, 0, 10], 80, L4Proto::Tcp, &[]);
         e.service.namespace = "n".repeat(63);
         e.service.name = "s".repeat(63);
-        e.port_name = "p".repeat(15);
+        // upstream e2e names ports like "service-port-tcp-80" (a DNS label, up to 63)
+        e.port_name = "p".repeat(63);
         let (svc, port) = names_of_meta(&meta_value(&e)).unwrap();
         assert_eq!((svc, port), (e.service.clone(), e.port_name.clone()));
         e.port_name = String::new();
