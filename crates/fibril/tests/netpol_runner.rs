@@ -2,6 +2,8 @@
 //! from inside the pods.
 //!
 //! - the canary (an inverted expectation) fails, on exactly the inverted cell;
+//! - an allow-all case passes through the Service ClusterIPs (every cell really reached
+//!   the right pod);
 //! - cells that cannot be probed count as failures: a port nothing serves, a pod that is
 //!   gone, a cell dropped even with no policy at all.
 //!
@@ -220,6 +222,36 @@ fn canary_with_an_inverted_expectation_fails_on_exactly_that_cell() {
         "{}",
         run.log
     );
+}
+
+#[test]
+#[ignore = "privileged: builds a 3-node fibril lab (netns, BPF)"]
+fn allow_all_passes_through_the_service_cluster_ips() {
+    let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    let run = netpol(&lab, &data("netpol"), &["--case", "e2e-16"]);
+    assert!(run.ok, "{}", run.log);
+    let s = &run.summary;
+    assert_eq!(s["settings"]["target"], "service-ip");
+    assert_eq!(
+        (&s["cases"], &s["cases_passed"], &s["cells"], &s["passed"]),
+        (&1.into(), &1.into(), &144.into(), &144.into()),
+        "{}",
+        run.log
+    );
+    assert_eq!(run.case("e2e-16-allow-all")["passed"], true);
+    assert!(run.log.contains("PASS e2e-16-allow-all"), "{}", run.log);
+    // The baseline reached every model pod on every TCP and UDP port through its Service.
+    assert_eq!(
+        s["baseline"]["unreachable"],
+        Value::Array(vec![]),
+        "{}",
+        run.log
+    );
+    assert_eq!(s["baseline"]["reachable"], 288, "{}", run.log);
+    // A second run finds the model in place and passes again (nothing left behind).
+    let again = netpol(&lab, &data("netpol"), &["--case", "e2e-16"]);
+    assert!(again.ok, "{}", again.log);
 }
 
 #[test]
