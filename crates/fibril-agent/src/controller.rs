@@ -65,6 +65,8 @@ struct Runtime {
     pool_stats: Option<PoolStats>,
     /// The last refusal to start (read at start from the state dir), until ready.
     refusal: Option<Refusal>,
+    /// Published by the policy loop.
+    policy: Option<crate::policy::PolicyStatus>,
 }
 
 /// One peer as the loop uses it.
@@ -573,6 +575,14 @@ async fn main_loop(
     if let Err(e) = crate::persist::remove_durable(&refusal_path(&config.paths.state_dir)) {
         tracing::warn!(error = %e, "cannot remove the record of an earlier refusal");
     }
+    let _policy = {
+        let rt = runtime.clone();
+        AbortOnDrop(tokio::spawn(crate::policy::run(
+            agent.clone(),
+            client.clone(),
+            move |s| rt.lock().unwrap_or_else(|p| p.into_inner()).policy = Some(s),
+        )))
+    };
     let _services = {
         let rt = runtime.clone();
         AbortOnDrop(tokio::spawn(crate::services::run(
@@ -1060,6 +1070,9 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
         })
         .collect();
     problems.extend(rt.problems.iter().cloned());
+    if let Some(e) = rt.policy.as_ref().and_then(|s| s.sync_error.as_ref()) {
+        problems.push(format!("NetworkPolicy is not enforced: {e}"));
+    }
     if let Some(e) = rt.services.as_ref().and_then(|s| s.sync_error.as_ref()) {
         problems.push(format!("service maps: the last sync failed: {e}"));
     }
@@ -1088,6 +1101,7 @@ fn snapshot(agent: &Agent, runtime: &Mutex<Runtime>) -> AgentStatus {
         nodes: rt.peers.values().cloned().collect(),
         conflist: rt.conflist.clone(),
         services: rt.services.clone(),
+        policy: rt.policy.clone(),
         problems,
         refusal: if ready { None } else { rt.refusal.clone() },
     }

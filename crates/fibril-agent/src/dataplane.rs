@@ -109,6 +109,18 @@ pub trait Dataplane: Send {
     fn drops(&self) -> Result<Vec<DropStatus>, DataplaneError> {
         Ok(Vec::new())
     }
+    /// Makes the datapath enforce `plan` (NetworkPolicy): see [`crate::policy::apply`].
+    fn sync_policy(
+        &mut self,
+        plan: &crate::policy::PolicyPlan,
+    ) -> Result<crate::policy::PolicyApplied, DataplaneError> {
+        let _ = plan;
+        Err(DataplaneError::Unsupported {
+            backend: self.name(),
+            what: "enforce NetworkPolicy",
+            why: "policy needs the BPF datapath's policy maps",
+        })
+    }
     /// Makes the service maps hold exactly `table` (the kube-proxy replacement).
     fn sync_services(&mut self, table: &ServiceTable) -> Result<SyncStats, DataplaneError> {
         let _ = table;
@@ -397,6 +409,18 @@ impl Dataplane for BpfDataplane {
 
     fn pin_dir(&self) -> &Path {
         self.dp.pin_dir()
+    }
+
+    fn sync_policy(
+        &mut self,
+        plan: &crate::policy::PolicyPlan,
+    ) -> Result<crate::policy::PolicyApplied, DataplaneError> {
+        crate::policy::apply(&mut self.dp, plan).map_err(|e| {
+            bpf_err(
+                "writing the policy maps in",
+                self.dp.pin_dir().display().to_string(),
+            )(e)
+        })
     }
 
     fn sync_services(&mut self, table: &ServiceTable) -> Result<SyncStats, DataplaneError> {

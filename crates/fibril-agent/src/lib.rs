@@ -16,6 +16,8 @@
 //!   host routing is refused unless `allowDegraded` (seed 001);
 //! - **Services** ([`services`]): Services and EndpointSlices translated for this node
 //!   and synced into the datapath's service maps (the kube-proxy replacement);
+//! - **NetworkPolicy** ([`policy`]): compiled from the cluster on every change and written
+//!   to the datapath's policy maps and ipcache;
 //! - the **status socket** ([`status`]) that `fibril status` reads;
 //! - **uninstall** ([`uninstall`]): removing everything it created on the node.
 //!
@@ -29,6 +31,7 @@ pub mod dataplane;
 pub mod endpoint;
 pub mod ipam;
 pub mod persist;
+pub mod policy;
 pub mod pool;
 pub mod probe;
 pub mod server;

@@ -60,7 +60,7 @@ pub fn translate_config(agent: &Agent, node_ip: Ipv4Addr) -> TranslateConfig {
 
 /// Watches `api` into a store, waking `wake` on every change (and once the first list
 /// is complete). Watch errors are retried with backoff and passed to `on_error`.
-fn watch_into<K>(
+pub(crate) fn watch_into<K>(
     api: Api<K>,
     wake: Arc<Notify>,
     on_error: impl Fn(String) + Send + 'static,
@@ -309,7 +309,7 @@ async fn record_event(
     .map(|_| ())
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -80,6 +80,9 @@ pub struct AgentStatus {
     /// Service load balancing (absent until the agent is ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<ServicesStatus>,
+    /// NetworkPolicy (absent until the agent is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyStatus>,
     /// Everything currently wrong that did not stop the agent.
     pub problems: Vec<String>,
     /// The last refusal to start, while the agent is not ready.
@@ -417,6 +420,9 @@ impl AgentStatus {
         }
         if let Some(s) = &self.services {
             out.push_str(&s.render());
+        }
+        if let Some(p) = &self.policy {
+            out.push_str(&p.render());
         }
         for p in &self.problems {
             out.push_str(&format!("{:<16}{p}\n", "Problem:"));

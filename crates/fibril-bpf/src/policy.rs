@@ -10,8 +10,9 @@
 //! [`PolicyMaps::set`] writes the new entries under a new *generation* (part of every
 //! key, matched in full), then replaces the endpoint's state entry (flags, generation,
 //! revision) in one map update, then deletes the old generation's entries. A packet
-//! sees all of the old map or all of the new one. An endpoint whose policy is unchanged
-//! costs nothing. What the maps hold is read back on first use, so a restarted agent
+//! sees all of the old map or all of the new one. An endpoint whose policy (isolation,
+//! identity, entries) is unchanged costs nothing and keeps its revision; a change bumps
+//! it. What the maps hold is read back on first use, so a restarted agent
 //! continues from there (and entries of a generation that never went live, left by a
 //! writer that died mid-write, are deleted).
 
@@ -36,7 +37,9 @@ use crate::shared::{
 pub struct EndpointRules {
     /// The endpoint's own identity.
     pub identity: Identity,
-    /// The endpoint's policy revision; drop events carry its low 32 bits.
+    /// The endpoint's policy revision; drop events carry its low 32 bits. The maps keep
+    /// revisions monotonic per endpoint, also across writers: a change goes live as the
+    /// larger of this and the live revision + 1 ([`SetOutcome::Written`] says which).
     pub revision: u64,
     /// `Some` when ingress is isolated: what may come in.
     pub ingress: Option<PolicyMap>,
@@ -101,8 +104,8 @@ pub struct ProgrammedEndpoint {
 pub enum SetOutcome {
     /// The maps already held exactly this.
     Unchanged,
-    /// A new generation went live with this many entries.
-    Written { entries: usize },
+    /// A new generation went live with this many entries, under this revision.
+    Written { entries: usize, revision: u32 },
     /// The endpoint is no longer isolated: its state and entries were removed.
     Removed,
 }
@@ -347,17 +350,16 @@ impl PolicyMaps {
             }
         }
         let flags = rules.flags();
-        let revision = rules.revision as u32;
         let old = self.state()?.get(&ifindex).cloned();
         if let Some(p) = &old {
-            if p.ep.flags == flags
-                && p.ep.revision == revision
-                && p.ep.identity == rules.identity.0
-                && p.entries == entries
-            {
+            if p.ep.flags == flags && p.ep.identity == rules.identity.0 && p.entries == entries {
                 return Ok(SetOutcome::Unchanged);
             }
         }
+        let revision = match &old {
+            Some(p) => (rules.revision as u32).max(p.ep.revision.wrapping_add(1)),
+            None => rules.revision as u32,
+        };
         let generation = match &old {
             // 0 is never a generation, so a zeroed key never matches.
             Some(p) => p.ep.generation.wrapping_add(1).max(1),
@@ -399,7 +401,10 @@ impl PolicyMaps {
                 entries,
             },
         );
-        Ok(SetOutcome::Written { entries: n })
+        Ok(SetOutcome::Written {
+            entries: n,
+            revision,
+        })
     }
 
     fn write(

@@ -168,7 +168,13 @@ fn ingress_allows_by_identity_and_denies_others_with_an_event() {
             .policy_mut()
             .set(a.ifindex, &rules(Some(&[allow_b]), None, 7))
             .unwrap();
-        assert_eq!(out, SetOutcome::Written { entries: 1 });
+        assert_eq!(
+            out,
+            SetOutcome::Written {
+                entries: 1,
+                revision: 7
+            }
+        );
 
         // B (same node) to A's allowed port: delivered.
         let r = run(
@@ -243,7 +249,13 @@ fn ingress_allows_by_identity_and_denies_others_with_an_event() {
                 &rules(Some(&[allow_b, PolicyKey::all(Identity::HOST)]), None, 8),
             )
             .unwrap();
-        assert_eq!(out, SetOutcome::Written { entries: 2 });
+        assert_eq!(
+            out,
+            SetOutcome::Written {
+                entries: 2,
+                revision: 8
+            }
+        );
         let r = run(
             &mut dp,
             Hook::ToPod,
@@ -560,10 +572,18 @@ fn an_endpoints_entries_are_replaced_whole_and_read_back_after_a_restart() {
         let r1 = rules(Some(&[k1]), Some(&[k2]), 1);
         assert_eq!(
             dp.policy_mut().set(a.ifindex, &r1).unwrap(),
-            SetOutcome::Written { entries: 2 }
+            SetOutcome::Written {
+                entries: 2,
+                revision: 1
+            }
         );
+        // Same content under another revision: unchanged, the live revision stays.
+        let r1b = EndpointRules {
+            revision: 5,
+            ..r1.clone()
+        };
         assert_eq!(
-            dp.policy_mut().set(a.ifindex, &r1).unwrap(),
+            dp.policy_mut().set(a.ifindex, &r1b).unwrap(),
             SetOutcome::Unchanged
         );
         let eps = dp.policy().endpoints().unwrap();
@@ -579,10 +599,14 @@ fn an_endpoints_entries_are_replaced_whole_and_read_back_after_a_restart() {
         // unchanged; new content goes live under the next generation, the old one goes.
         let mut other = crate::policy::PolicyMaps::open(&dir).unwrap();
         assert_eq!(other.set(a.ifindex, &r1).unwrap(), SetOutcome::Unchanged);
-        let r2 = rules(Some(&[k2]), None, 2);
+        // A writer whose own count restarted at 1: the live revision still goes up.
+        let r2 = rules(Some(&[k2]), None, 1);
         assert_eq!(
             other.set(a.ifindex, &r2).unwrap(),
-            SetOutcome::Written { entries: 1 }
+            SetOutcome::Written {
+                entries: 1,
+                revision: 2
+            }
         );
         let eps = dp.policy().endpoints().unwrap();
         assert_eq!((eps[0].generation, eps[0].revision), (2, 2));
