@@ -54,6 +54,7 @@ use tokio::sync::Notify;
 
 use crate::agent::Agent;
 use crate::services::{watch_into, AbortOnDrop};
+use crate::status::{section_head, sync_lines};
 
 /// How long a wake-up waits for more changes before compiling.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -378,31 +379,29 @@ pub struct PolicyStatus {
 impl PolicyStatus {
     /// The human form: one summary line, then one line per problem, warning and drop.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let summary = match &self.waiting_for {
-            Some(w) => format!("waiting for {w}"),
-            None => format!(
-                "{} policies, {} identities, {}/{} local endpoints isolated{}{}",
-                self.policies,
-                self.identities,
-                self.isolated_endpoints,
-                self.local_endpoints,
-                self.last_compile_ms
-                    .map(|ms| format!(", compiled in {ms:.1} ms"))
-                    .unwrap_or_default(),
-                self.last_sync
-                    .as_ref()
-                    .map(|t| format!(", last sync {t}"))
-                    .unwrap_or_default()
-            ),
-        };
-        out.push_str(&format!("{:<16}{summary}\n", "Policy:"));
-        if let Some(e) = &self.sync_error {
-            out.push_str(&format!("  NOT ENFORCED: {e}\n"));
-        }
-        if let Some(e) = &self.watch_error {
-            out.push_str(&format!("  watch: {e}\n"));
-        }
+        let mut out = section_head(
+            "Policy:",
+            self.waiting_for.as_deref(),
+            || {
+                format!(
+                    "{} policies, {} identities, {}/{} local endpoints isolated{}",
+                    self.policies,
+                    self.identities,
+                    self.isolated_endpoints,
+                    self.local_endpoints,
+                    self.last_compile_ms
+                        .map(|ms| format!(", compiled in {ms:.1} ms"))
+                        .unwrap_or_default(),
+                )
+            },
+            self.last_sync.as_deref(),
+        );
+        sync_lines(
+            &mut out,
+            "NOT ENFORCED",
+            self.sync_error.as_deref(),
+            self.watch_error.as_deref(),
+        );
         for (pod, rev) in &self.revisions {
             out.push_str(&format!("  isolated: {pod} (revision {rev})\n"));
         }

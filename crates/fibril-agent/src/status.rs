@@ -130,28 +130,23 @@ pub struct ServicesStatus {
 impl ServicesStatus {
     /// The human form: one summary line, then one line per problem.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let summary = match &self.waiting_for {
-            Some(w) => format!("waiting for {w}"),
-            None => format!(
-                "{} programmed, {} frontends ({} without backends), {} backends{}",
-                self.services,
-                self.frontends,
-                self.without_backends,
-                self.backends,
-                self.last_sync
-                    .as_ref()
-                    .map(|t| format!(", last sync {t}"))
-                    .unwrap_or_default()
-            ),
-        };
-        out.push_str(&format!("{:<16}{summary}\n", "Services:"));
-        if let Some(e) = &self.sync_error {
-            out.push_str(&format!("  SYNC FAILING: {e}\n"));
-        }
-        if let Some(e) = &self.watch_error {
-            out.push_str(&format!("  watch: {e}\n"));
-        }
+        let mut out = section_head(
+            "Services:",
+            self.waiting_for.as_deref(),
+            || {
+                format!(
+                    "{} programmed, {} frontends ({} without backends), {} backends",
+                    self.services, self.frontends, self.without_backends, self.backends,
+                )
+            },
+            self.last_sync.as_deref(),
+        );
+        sync_lines(
+            &mut out,
+            "SYNC FAILING",
+            self.sync_error.as_deref(),
+            self.watch_error.as_deref(),
+        );
         for s in &self.skipped {
             out.push_str(&format!("  skipped: {s}\n"));
         }
@@ -159,6 +154,42 @@ impl ServicesStatus {
             out.push_str(&format!("  problem: {p}\n"));
         }
         out
+    }
+}
+
+/// The first line of a status section: its label, then what it waits for, or its summary
+/// and when it last synced.
+pub(crate) fn section_head(
+    label: &str,
+    waiting_for: Option<&str>,
+    summary: impl FnOnce() -> String,
+    last_sync: Option<&str>,
+) -> String {
+    let summary = match waiting_for {
+        Some(w) => format!("waiting for {w}"),
+        None => format!(
+            "{}{}",
+            summary(),
+            last_sync
+                .map(|t| format!(", last sync {t}"))
+                .unwrap_or_default()
+        ),
+    };
+    format!("{label:<16}{summary}\n")
+}
+
+/// A section's failing sync (under `failing`, which says what it costs) and watch.
+pub(crate) fn sync_lines(
+    out: &mut String,
+    failing: &str,
+    sync_error: Option<&str>,
+    watch_error: Option<&str>,
+) {
+    if let Some(e) = sync_error {
+        out.push_str(&format!("  {failing}: {e}\n"));
+    }
+    if let Some(e) = watch_error {
+        out.push_str(&format!("  watch: {e}\n"));
     }
 }
 
