@@ -29,6 +29,7 @@ pub mod conflist;
 mod controller;
 pub mod dataplane;
 pub mod endpoint;
+pub mod heap;
 pub mod ipam;
 pub mod persist;
 pub mod policy;
@@ -37,6 +38,7 @@ pub mod probe;
 pub mod server;
 pub mod services;
 pub mod status;
+pub mod svc_health;
 pub mod uninstall;
 
 pub use agent::{Agent, Readiness};

@@ -6,6 +6,11 @@
 //! debounced into one sync; a sync only happens when the table differs from the last one
 //! synced, and a failed sync is retried.
 //!
+//! Memory: the agent never keeps the objects. Each one is turned into its compact form
+//! ([`fibril_core::services::model`]: what the translation reads, node and port names
+//! interned) by the watch that received it, and dropped there; initial lists come in pages.
+//! A cluster of 10k Services with 100k endpoints is a few MiB of state.
+//!
 //! Nothing is synced before both watches have listed everything once: after a restart the
 //! maps still hold the previous agent's table (pinned), and a sync from half-listed state
 //! would drop Services that are only not listed yet.
@@ -14,13 +19,14 @@
 //! Warning Event on its Service, once per appearance; every problem is shown by
 //! `fibril status`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fibril_core::services::translate::{translate, Problem, TranslateConfig, Translation};
+use fibril_core::services::model::{Interner, ServiceInfo, SliceInfo};
+use fibril_core::services::translate::{translate_infos, Problem, TranslateConfig, Translation};
 use fibril_core::services::ServiceTable;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Service};
@@ -31,10 +37,11 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::Resource;
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::agent::Agent;
 use crate::status::ServicesStatus;
+use crate::svc_health::HealthServer;
 
 /// How long a wake-up waits for more changes before translating.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -84,6 +91,130 @@ where
     (reader, fut)
 }
 
+/// The key of a namespaced object: (namespace, name).
+type Key = (String, String);
+
+fn key_of<K: Resource>(obj: &K) -> Key {
+    let m = obj.meta();
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+/// A Service as the agent keeps it: its compact form, and what its Events refer to.
+struct StoredService {
+    info: ServiceInfo,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+/// What a watch reports, objects already in their compact form.
+enum Update<T> {
+    /// A (re)list starts: the next items replace the whole set at `InitDone`.
+    Init,
+    InitApply(Key, T),
+    InitDone,
+    Apply(Key, T),
+    Delete(Key),
+    Error(String),
+}
+
+/// The Services and EndpointSlices of the cluster as the agent keeps them: compact, never
+/// the objects (see [`fibril_core::services::model`]).
+struct Mirror<T> {
+    items: HashMap<Key, T>,
+    /// During a (re)list: what it has listed so far.
+    listing: Option<HashMap<Key, T>>,
+    /// A first list has completed.
+    listed: bool,
+}
+
+impl<T> Default for Mirror<T> {
+    fn default() -> Self {
+        Mirror {
+            items: HashMap::new(),
+            listing: None,
+            listed: false,
+        }
+    }
+}
+
+impl<T> Mirror<T> {
+    /// Applies one update; returns a watch error to report, if it is one.
+    fn apply(&mut self, u: Update<T>) -> Option<String> {
+        match u {
+            Update::Init => self.listing = Some(HashMap::new()),
+            Update::InitApply(k, v) => {
+                self.listing.get_or_insert_with(HashMap::new).insert(k, v);
+            }
+            Update::InitDone => {
+                self.items = self.listing.take().unwrap_or_default();
+                self.items.shrink_to_fit();
+                self.listed = true;
+            }
+            Update::Apply(k, v) => {
+                self.items.insert(k, v);
+            }
+            Update::Delete(k) => {
+                self.items.remove(&k);
+            }
+            Update::Error(e) => return Some(e),
+        }
+        None
+    }
+}
+
+/// A change from one of the two watches.
+enum Change {
+    Service(Update<StoredService>),
+    Slice(Update<SliceInfo>),
+}
+
+/// How many updates may wait for the control loop before a watch waits for it.
+const QUEUE: usize = 1024;
+
+/// Watches `api`, converting each object to its compact form at once (`convert`, with an
+/// interner of its own) and sending the updates to `tx`; the object itself is dropped
+/// there. Watch errors are retried with backoff and sent as [`Update::Error`].
+async fn watch_compact<K, T>(
+    api: Api<K>,
+    tx: mpsc::Sender<Change>,
+    wrap: fn(Update<T>) -> Change,
+    convert: fn(&K, &mut Interner) -> T,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let mut names = Interner::default();
+    let mut pruned_at = 0usize;
+    // Pages of the initial list: only one page of objects is ever held at once.
+    let config = watcher::Config::default().page_size(LIST_PAGE);
+    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(ev) = stream.next().await {
+        let u = match ev {
+            Ok(watcher::Event::Init) => Update::Init,
+            Ok(watcher::Event::InitApply(o)) => {
+                Update::InitApply(key_of(&o), convert(&o, &mut names))
+            }
+            Ok(watcher::Event::InitDone) => Update::InitDone,
+            Ok(watcher::Event::Apply(o)) => Update::Apply(key_of(&o), convert(&o, &mut names)),
+            Ok(watcher::Event::Delete(o)) => Update::Delete(key_of(&o)),
+            Err(e) => Update::Error(e.to_string()),
+        };
+        if matches!(u, Update::InitDone | Update::Delete(_)) && names.len() > 2 * pruned_at + 64 {
+            names.prune();
+            pruned_at = names.len();
+        }
+        if tx.send(wrap(u)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Objects per page of the initial lists.
+const LIST_PAGE: u32 = 500;
+
 /// Runs until aborted: watch, translate, sync, report. `publish` receives every new
 /// status.
 pub async fn run(
@@ -93,47 +224,70 @@ pub async fn run(
     publish: impl Fn(ServicesStatus) + Send + Sync + 'static,
 ) {
     let cfg = translate_config(&agent, node_ip);
-    let publish = Arc::new(publish);
-    let wake = Arc::new(Notify::new());
-    let watch_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let on_error = |what: &'static str| {
-        let slot = watch_error.clone();
-        move |e: String| {
-            tracing::warn!(error = %e, "{what} watch");
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{what} watch: {e}"));
+    let (tx, mut rx) = mpsc::channel::<Change>(QUEUE);
+    let _watches = (
+        AbortOnDrop(tokio::spawn(watch_compact(
+            Api::<Service>::all(client.clone()),
+            tx.clone(),
+            Change::Service,
+            |s, names| StoredService {
+                info: ServiceInfo::new(s, names),
+                uid: s.metadata.uid.clone(),
+                resource_version: s.metadata.resource_version.clone(),
+            },
+        ))),
+        AbortOnDrop(tokio::spawn(watch_compact(
+            Api::<EndpointSlice>::all(client.clone()),
+            tx,
+            Change::Slice,
+            SliceInfo::new,
+        ))),
+    );
+    let mut services: Mirror<StoredService> = Mirror::default();
+    let mut slices: Mirror<SliceInfo> = Mirror::default();
+    let mut watch_error: Option<String> = None;
+    let apply = |c: Change,
+                 services: &mut Mirror<StoredService>,
+                 slices: &mut Mirror<SliceInfo>,
+                 watch_error: &mut Option<String>| {
+        let err = match c {
+            Change::Service(u) => services.apply(u).map(|e| format!("Service watch: {e}")),
+            Change::Slice(u) => slices.apply(u).map(|e| format!("EndpointSlice watch: {e}")),
+        };
+        if let Some(e) = err {
+            tracing::warn!(error = %e, "watch");
+            *watch_error = Some(e);
         }
     };
-    let (services, svc_watch) =
-        watch_into::<Service>(Api::all(client.clone()), wake.clone(), on_error("Service"));
-    let (slices, slice_watch) = watch_into::<EndpointSlice>(
-        Api::all(client.clone()),
-        wake.clone(),
-        on_error("EndpointSlice"),
-    );
-    let _watches = (
-        AbortOnDrop(tokio::spawn(svc_watch)),
-        AbortOnDrop(tokio::spawn(slice_watch)),
-    );
 
     let mut status = ServicesStatus {
         waiting_for: Some("the first list of Services and EndpointSlices".into()),
         ..ServicesStatus::default()
     };
     publish(status.clone());
-    if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
-        tracing::error!("the Service or EndpointSlice watch ended before its first list");
-        return;
+    while !(services.listed && slices.listed) {
+        match rx.recv().await {
+            Some(c) => apply(c, &mut services, &mut slices, &mut watch_error),
+            None => {
+                tracing::error!("the Service or EndpointSlice watch ended before its first list");
+                return;
+            }
+        }
     }
     status.waiting_for = None;
     tracing::info!(node = %cfg.node_name, %node_ip, "services: watching; first sync");
 
+    let mut health = HealthServer::new(agent.netns().clone());
+    let mut health_problems: Vec<String> = Vec::new();
     let mut synced: Option<ServiceTable> = None;
     let mut evented: BTreeSet<(String, String, String)> = BTreeSet::new();
     loop {
-        let svcs: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
-        let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
-        let t = translate(&svcs, &eps, &cfg);
-        report_refusals(&client, &cfg, &t, &svcs, &mut evented).await;
+        let t = translate_infos(
+            services.items.values().map(|s| &s.info),
+            slices.items.values(),
+            &cfg,
+        );
+        report_refusals(&client, &cfg, &t, &services.items, &mut evented).await;
 
         let mut failed = false;
         if synced.as_ref() != Some(&t.table) {
@@ -185,15 +339,42 @@ pub async fn run(
             }
         }
         status.fill(&t);
-        status.watch_error = watch_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Health check ports that cannot be opened are retried at every pass, logged when
+        // they change and always shown in status.
+        let now = health.sync(&t.health_checks);
+        for p in now.iter().filter(|p| !health_problems.contains(p)) {
+            tracing::warn!("{p}");
+        }
+        health_problems = now;
+        status.problems.extend(health_problems.iter().cloned());
+        status.health_check_ports = health.ports();
+        status.watch_error = watch_error.take();
         publish(status.clone());
+        drop(t);
+        crate::heap::trim();
 
         let pause = if failed { RETRY } else { RESYNC };
         tokio::select! {
-            _ = wake.notified() => {}
+            c = rx.recv() => match c {
+                Some(c) => apply(c, &mut services, &mut slices, &mut watch_error),
+                None => {
+                    tracing::error!("the Service and EndpointSlice watches ended");
+                    return;
+                }
+            },
             _ = tokio::time::sleep(pause) => {}
         }
-        tokio::time::sleep(DEBOUNCE).await;
+        // Debounce: take in every change that comes within DEBOUNCE, then translate once.
+        let deadline = tokio::time::Instant::now() + DEBOUNCE;
+        loop {
+            tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => apply(c, &mut services, &mut slices, &mut watch_error),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
     }
 }
 
@@ -230,7 +411,7 @@ async fn report_refusals(
     client: &kube::Client,
     cfg: &TranslateConfig,
     t: &Translation,
-    services: &[Service],
+    services: &HashMap<Key, StoredService>,
     evented: &mut BTreeSet<(String, String, String)>,
 ) {
     let now: BTreeSet<(String, String, String)> = t
@@ -246,11 +427,13 @@ async fn report_refusals(
             continue;
         }
         tracing::warn!(service = %p.service, field = %p.field, "{p}");
-        let svc = services.iter().find(|s| {
-            s.metadata.namespace.as_deref() == Some(p.service.namespace.as_str())
-                && s.metadata.name.as_deref() == Some(p.service.name.as_str())
-        });
-        match record_event(client, cfg, p, svc).await {
+        let svc = services
+            .get(&(p.service.namespace.clone(), p.service.name.clone()))
+            .map(|s| ObjectIds {
+                uid: s.uid.clone(),
+                resource_version: s.resource_version.clone(),
+            });
+        match record_event(client, cfg, p, svc.as_ref()).await {
             Ok(()) => {
                 evented.insert(key);
             }
@@ -261,7 +444,14 @@ async fn report_refusals(
 }
 
 /// The Warning Event for a refused externalIP, on its Service.
-pub fn refusal_event(node: &str, p: &Problem, svc: Option<&Service>) -> Event {
+/// What an Event's involved object names of its Service, besides its name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectIds {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+pub fn refusal_event(node: &str, p: &Problem, svc: Option<&ObjectIds>) -> Event {
     let t = Time(k8s_openapi::jiff::Timestamp::now());
     Event {
         metadata: ObjectMeta {
@@ -274,8 +464,8 @@ pub fn refusal_event(node: &str, p: &Problem, svc: Option<&Service>) -> Event {
             kind: Some("Service".into()),
             name: Some(p.service.name.clone()),
             namespace: Some(p.service.namespace.clone()),
-            uid: svc.and_then(|s| s.metadata.uid.clone()),
-            resource_version: svc.and_then(|s| s.metadata.resource_version.clone()),
+            uid: svc.and_then(|s| s.uid.clone()),
+            resource_version: svc.and_then(|s| s.resource_version.clone()),
             field_path: Some(p.field.clone()),
         },
         reason: Some(EXTERNAL_IP_REFUSED_REASON.into()),
@@ -298,7 +488,7 @@ async fn record_event(
     client: &kube::Client,
     cfg: &TranslateConfig,
     p: &Problem,
-    svc: Option<&Service>,
+    svc: Option<&ObjectIds>,
 ) -> Result<(), kube::Error> {
     let api: Api<Event> = Api::namespaced(client.clone(), &p.service.namespace);
     api.create(
@@ -323,6 +513,40 @@ mod tests {
     use fibril_core::services::translate::ProblemKind;
     use fibril_core::services::ServiceName;
 
+    fn k(name: &str) -> Key {
+        ("ns".into(), name.into())
+    }
+
+    #[test]
+    fn a_relist_replaces_the_mirror_at_its_end_only() {
+        let mut m: Mirror<u32> = Mirror::default();
+        for u in [
+            Update::Init,
+            Update::InitApply(k("a"), 1),
+            Update::InitApply(k("b"), 2),
+        ] {
+            assert_eq!(m.apply(u), None);
+        }
+        assert!(
+            !m.listed && m.items.is_empty(),
+            "nothing before the list ends"
+        );
+        m.apply(Update::InitDone);
+        assert!(m.listed);
+        m.apply(Update::Apply(k("c"), 3));
+        m.apply(Update::Delete(k("a")));
+        assert_eq!(m.items.len(), 2);
+
+        // A relist after a watch error: the old view serves until the new list is complete,
+        // then objects it no longer has are gone.
+        assert_eq!(m.apply(Update::Error("gone".into())), Some("gone".into()));
+        m.apply(Update::Init);
+        m.apply(Update::InitApply(k("c"), 30));
+        assert_eq!(m.items.get(&k("b")), Some(&2));
+        m.apply(Update::InitDone);
+        assert_eq!(m.items.into_iter().collect::<Vec<_>>(), [(k("c"), 30)]);
+    }
+
     #[test]
     fn a_refusal_event_names_the_service_the_field_and_the_ip() {
         let p = Problem {
@@ -336,9 +560,10 @@ mod tests {
                 allowed: vec!["198.51.100.0/25".parse().unwrap()],
             },
         };
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "demo", "uid": "u-1"}}))
-        .unwrap();
+        let svc = ObjectIds {
+            uid: Some("u-1".into()),
+            resource_version: Some("7".into()),
+        };
         let ev = refusal_event("node-1", &p, Some(&svc));
         assert_eq!(ev.metadata.namespace.as_deref(), Some("demo"));
         assert_eq!(ev.involved_object.kind.as_deref(), Some("Service"));

@@ -125,6 +125,9 @@ pub struct ServicesStatus {
     pub sync_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_error: Option<String>,
+    /// The health check node ports served (ETP Local LoadBalancer Services).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_check_ports: Vec<u16>,
 }
 
 impl ServicesStatus {

@@ -20,7 +20,8 @@ use crate::store::{ObjKey, Txn};
 
 pub const NODE_PORT_RANGE: RangeInclusive<u32> = 30000..=32767;
 
-/// What other Services hold: their ClusterIPs and NodePorts.
+/// What other Services hold: their ClusterIPs, and their NodePorts and health check node
+/// ports (one range).
 #[derive(Debug, Default)]
 pub struct InUse {
     pub ips: BTreeSet<Ipv4Addr>,
@@ -56,6 +57,10 @@ impl InUse {
             if let Some(np) = p["nodePort"].as_u64().filter(|np| *np > 0) {
                 self.node_ports.insert(np as u32);
             }
+        }
+        // The health check port comes from the same range, and no NodePort may take it.
+        if let Some(hc) = spec["healthCheckNodePort"].as_u64().filter(|p| *p > 0) {
+            self.node_ports.insert(hc as u32);
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::registry::{self, ResourceInfo};
 use crate::rest::{self, Ctx, DeleteOptions, Deleted, PatchKind, Sub};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError};
-use crate::store::{Store, Txn};
+use crate::store::{ObjKey, Store, Txn};
 use crate::watch::{self as watchstream, Filter, Start, WatchSpec};
 
 /// How long a request for a resourceVersion newer than the store's waits for it before it is
@@ -619,18 +619,111 @@ async fn list(
             });
         }
     }
-    // `limit`/`continue` are accepted and the whole list is returned in one page (no
-    // `continue` token), which clients treat as the last page.
-    let (items, rev) = st.store.list(&res.group_resource(), filter.ns.as_deref());
-    let matching: Vec<&Value> = items
-        .iter()
-        .map(|o| o.as_ref())
-        .filter(|o| filter.matches(o))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &list_body(res, rev, matching, partial),
-    ))
+    let page = Page::parse(q)?;
+    let gr = res.group_resource();
+    let after = page
+        .cont
+        .as_ref()
+        .map(|c| ObjKey::new(gr.clone(), c.ns.clone(), c.name.clone()));
+    let (items, current, compacted) =
+        st.store
+            .list_after(&gr, filter.ns.as_deref(), after.as_ref());
+    // A continued list answers at its first page's revision: a watch from there replays
+    // every change made while the pages were read (objects of later pages may be newer,
+    // and a replayed event then brings them back to the same state).
+    let rev = match &page.cont {
+        Some(c) if c.rev < compacted => {
+            return Err(ApiError::Expired {
+                requested: c.rev,
+                oldest: compacted,
+            })
+        }
+        Some(c) => c.rev,
+        None => current,
+    };
+    let mut matching: Vec<&Value> = Vec::new();
+    let mut last: Option<&ObjKey> = None;
+    let mut more = false;
+    for (k, o) in items.iter().filter(|(_, o)| filter.matches(o)) {
+        if page.limit.is_some_and(|l| matching.len() >= l) {
+            more = true;
+            break;
+        }
+        matching.push(o.as_ref());
+        last = Some(k);
+    }
+    let mut body = list_body(res, rev, matching, partial);
+    if let (true, Some(last)) = (more, last) {
+        body.metadata["continue"] = json!(Continue {
+            rev,
+            ns: last.ns.clone(),
+            name: last.name.clone(),
+        }
+        .encode());
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `limit` and `continue` of a list.
+struct Page {
+    limit: Option<usize>,
+    cont: Option<Continue>,
+}
+
+impl Page {
+    fn parse(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let limit = match q.get("limit").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(s) => Some(s.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid limit {s:?}: must be a non-negative integer"
+                ))
+            })?),
+        };
+        let cont =
+            match q.get("continue").map(String::as_str) {
+                None | Some("") => None,
+                Some(s) => Some(Continue::decode(s).ok_or_else(|| {
+                    ApiError::bad_request(format!("invalid continue token {s:?}"))
+                })?),
+            };
+        Ok(Page { limit, cont })
+    }
+}
+
+/// Where a paged list continues: after (namespace, name), at revision `rev`. Opaque to
+/// clients (hex of `rev|ns|name`).
+#[derive(Debug, PartialEq, Eq)]
+struct Continue {
+    rev: u64,
+    ns: String,
+    name: String,
+}
+
+impl Continue {
+    fn encode(&self) -> String {
+        format!("{}|{}|{}", self.rev, self.ns, self.name)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        if !s.len().is_multiple_of(2) || !s.is_ascii() {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+            .collect();
+        let text = String::from_utf8(bytes?).ok()?;
+        let mut it = text.splitn(3, '|');
+        Some(Continue {
+            rev: it.next()?.parse().ok()?,
+            ns: it.next()?.to_string(),
+            name: it.next()?.to_string(),
+        })
+    }
 }
 
 async fn watch(

@@ -1451,6 +1451,69 @@ mod tests {
             )
             .unwrap();
         assert!(back["spec"]["ports"][0].get("nodePort").is_none());
+        // A LoadBalancer with externalTrafficPolicy Local gets a health check node port,
+        // kept across updates, released when the policy goes back to Cluster.
+        let lb = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Merge,
+                json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}}),
+            )
+            .unwrap();
+        let hc = lb["spec"]["healthCheckNodePort"].as_u64().unwrap();
+        assert!((30000..=32767).contains(&hc));
+        let lb_port = lb["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+        assert_ne!(
+            hc, lb_port,
+            "one range: the health check port is not a NodePort"
+        );
+        let kept = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Merge,
+                json!({"metadata": {"labels": {"l": "2"}}}),
+            )
+            .unwrap();
+        assert_eq!(kept["spec"]["healthCheckNodePort"], json!(hc));
+        let mut other = svc("o2");
+        other["spec"]["type"] = json!("NodePort");
+        other["spec"]["ports"][0]["nodePort"] = json!(hc);
+        match env.create("Service", Some("default"), other) {
+            Err(ApiError::Invalid { causes, .. }) => {
+                assert_eq!(causes[0].field, "spec.ports[0].nodePort")
+            }
+            r => panic!("the health check port is taken: {r:?}"),
+        }
+        let cluster = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Merge,
+                json!({"spec": {"externalTrafficPolicy": "Cluster"}}),
+            )
+            .unwrap();
+        assert!(
+            cluster["spec"].get("healthCheckNodePort").is_none(),
+            "{cluster}"
+        );
+        let forced = env.patch(
+            "Service",
+            Some("default"),
+            "a",
+            PatchKind::Merge,
+            json!({"spec": {"healthCheckNodePort": 31999}}),
+        );
+        match forced {
+            Err(ApiError::Invalid { causes, .. }) => {
+                assert_eq!(causes[0].field, "spec.healthCheckNodePort")
+            }
+            r => panic!("only LoadBalancer + Local may have one: {r:?}"),
+        }
         // Headless and ExternalName services have no allocated address.
         let mut headless = svc("h");
         headless["spec"]["clusterIP"] = json!("None");

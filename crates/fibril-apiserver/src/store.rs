@@ -234,6 +234,34 @@ impl Store {
         (items, mem.rev)
     }
 
+    /// Objects of `res` (in `ns`, or everywhere) whose key sorts after `after` (all when
+    /// `None`), in key order; the revision they were read at; and the oldest revision the
+    /// history still holds events after (a paged list continues only from there).
+    pub fn list_after(
+        &self,
+        res: &str,
+        ns: Option<&str>,
+        after: Option<&ObjKey>,
+    ) -> (Vec<(ObjKey, Arc<Value>)>, u64, u64) {
+        let mem = self.read();
+        let items = match after {
+            None => mem
+                .range(res, ns)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            Some(after) => mem
+                .objects
+                .range((
+                    std::ops::Bound::Excluded(after.clone()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.in_range(res, ns))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        (items, mem.rev, mem.compacted)
+    }
+
     /// Every event with a revision greater than `after`, oldest first.
     pub fn events_since(&self, after: u64) -> Result<Vec<Arc<StoredEvent>>, Compacted> {
         let mem = self.read();

@@ -483,5 +483,64 @@ fn allocate_service(
     if !ports.is_empty() {
         spec.insert("ports".into(), Value::Array(ports));
     }
+
+    // A LoadBalancer with externalTrafficPolicy Local gets a health check node port, where
+    // each node's proxy says whether it has local endpoints (kube-apiserver's
+    // healthCheckNodePort); it is kept across updates and released with the need for it.
+    let needs_hc = ty == "LoadBalancer"
+        && spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local");
+    let old_hc = old_spec
+        .and_then(|s| s["healthCheckNodePort"].as_u64())
+        .filter(|p| *p > 0)
+        .map(|p| p as u32);
+    let requested_hc = spec
+        .get("healthCheckNodePort")
+        .and_then(Value::as_u64)
+        .filter(|p| *p > 0)
+        .map(|p| p as u32);
+    const HC: &str = "spec.healthCheckNodePort";
+    if needs_hc {
+        let hc = match (requested_hc, old_hc) {
+            (Some(r), Some(o)) if r == o => r,
+            (Some(r), _) => {
+                if !alloc::NODE_PORT_RANGE.contains(&r) {
+                    return Err(invalid(
+                        HC,
+                        format!(
+                            "Invalid value: {r}: provided port is not in the valid range. \
+                             The range of valid ports is {}-{}",
+                            alloc::NODE_PORT_RANGE.start(),
+                            alloc::NODE_PORT_RANGE.end()
+                        ),
+                    ));
+                }
+                if used.node_ports.contains(&r) {
+                    return Err(invalid(
+                        HC,
+                        format!("Invalid value: {r}: provided port is already allocated"),
+                    ));
+                }
+                r
+            }
+            (None, Some(o)) if !used.node_ports.contains(&o) => o,
+            (None, _) => alloc::allocate_node_port(&used.node_ports).ok_or_else(|| {
+                invalid(HC, "failed to allocate a nodePort: range is full".into())
+            })?,
+        };
+        spec.insert("healthCheckNodePort".into(), json!(hc));
+    } else if let Some(r) = requested_hc {
+        if Some(r) == old_hc {
+            // Left over from before the type or policy changed: released.
+            spec.remove("healthCheckNodePort");
+        } else {
+            return Err(invalid(
+                HC,
+                format!(
+                    "Invalid value: {r}: may only be set when `type` is 'LoadBalancer' and \
+                     `externalTrafficPolicy` is 'Local'"
+                ),
+            ));
+        }
+    }
     Ok(())
 }

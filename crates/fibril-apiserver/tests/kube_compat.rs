@@ -1144,3 +1144,95 @@ async fn watcher_recovers_when_the_store_is_reset() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_come_in_pages_of_limit_with_continue_tokens() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let server = fibril_apiserver::start_with_history(config(dir.path(), any_port()), 6)
+        .await
+        .unwrap();
+    let client =
+        fibril_apiserver::client_for_url(&format!("http://{}", server.tcp_addr.unwrap())).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    for i in 0..7 {
+        let labels: &[(&str, &str)] = if i % 2 == 0 { &[("even", "y")] } else { &[] };
+        pods.create(&PostParams::default(), &pod(&format!("p{i}"), labels, None))
+            .await
+            .unwrap();
+    }
+
+    // Pages of 3: 3 + 3 + 1, in name order, every page at the first page's revision.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    let mut revs = BTreeSet::new();
+    let mut pages = 0;
+    loop {
+        let mut lp = ListParams::default().limit(3);
+        lp.continue_token = token.clone();
+        let page = pods.list(&lp).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|p| p.name_any()));
+        revs.insert(page.metadata.resource_version.clone().unwrap());
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+        // A change between pages is not in this list's revision; the watch replays it.
+        if pages == 1 {
+            pods.create(&PostParams::default(), &pod("p9", &[], None))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p9"]);
+    assert_eq!(revs.len(), 1, "one revision for the whole list: {revs:?}");
+
+    // A label selector pages over the matching objects only.
+    let even = pods
+        .list(&ListParams::default().labels("even=y").limit(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        even.items.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        ["p0", "p2"]
+    );
+    assert!(even
+        .metadata
+        .continue_
+        .as_ref()
+        .is_some_and(|t| !t.is_empty()));
+
+    // kube-rs' watcher lists in pages and sees everything once.
+    let mut w = watcher(pods.clone(), watcher::Config::default().page_size(2)).boxed();
+    let mut listed = BTreeSet::new();
+    loop {
+        match tokio::time::timeout(WAIT, w.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Event::InitApply(p)) => assert!(listed.insert(p.name_any())),
+            Some(Event::InitDone) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(listed.len(), 8);
+
+    // A token whose revision the history no longer covers is 410 Expired; a bad one is 400.
+    let mut lp = ListParams::default().limit(2);
+    lp.continue_token = even.metadata.continue_.clone();
+    for i in 0..8 {
+        pods.create(&PostParams::default(), &pod(&format!("q{i}"), &[], None))
+            .await
+            .unwrap();
+    }
+    let (code, reason, _) = api_error(pods.list(&lp).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (410, "Expired"));
+    lp.continue_token = Some("zz".into());
+    let (code, _, _) = api_error(pods.list(&lp).await.unwrap_err());
+    assert_eq!(code, 400);
+    server.shutdown().await;
+}

@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod model;
 pub mod translate;
 
 /// A transport protocol a Service port can carry.

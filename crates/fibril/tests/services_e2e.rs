@@ -311,6 +311,27 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no nodePort {port} in {s}")) as u16
     }
 
+    /// The endpoints of every EndpointSlice of Service `svc`.
+    fn endpoints_of(&self, svc: &str) -> Vec<Value> {
+        let v = self
+            .lab
+            .json(&["lab", "get", "endpointslices", "-n", NS, "-o", "json"]);
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == svc)
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// The entry of `node`'s service maps for `vip:port` (any protocol, first found).
+    fn bpf_entry(&self, node: &str, vip: Ipv4Addr, port: u16) -> Option<Value> {
+        self.bpf_services(node)
+            .into_iter()
+            .find(|e| e["frontend"]["ip"] == vip.to_string() && e["frontend"]["port"] == port)
+    }
+
     /// `fibril bpf services -o json` of one node: its entries.
     fn bpf_services(&self, node: &str) -> Vec<Value> {
         let v = self
@@ -654,6 +675,67 @@ fn check_publish_not_ready_addresses(f: &ClusterIpFixture) {
     });
 }
 
+/// Row 12: a terminated pod (phase Failed, as an evicted pod ends) is no endpoint, even
+/// behind a Service with publishNotReadyAddresses: its slice empties, the datapath holds
+/// the frontend with no backend, and a new connection is refused at once.
+fn check_terminated_pods_are_not_endpoints(f: &ClusterIpFixture) {
+    let node = f.c.node(3);
+    let flag = f.c.lab.state_root.join("evictee-ends");
+    let _ = std::fs::remove_file(&flag);
+    // Serves until the flag appears, then fails: restartPolicy Never leaves it Failed.
+    let argv = format!(
+        "{} lab workload echo --pod-name evictee --pod-namespace {NS} --node {node} \
+         --tcp 8080 & while [ ! -e {} ]; do sleep 0.2; done; kill $!; exit 1",
+        common::FIBRIL,
+        flag.display()
+    );
+    let mut pod = echo_pod("evictee", &node, json!({"app": "evictee"}), web_ports());
+    pod["spec"]["restartPolicy"] = json!("Never");
+    pod["spec"]["containers"][0]["command"] = json!(["sh", "-c", argv]);
+    let svc = web_service(
+        "evicted",
+        json!({"app": "evictee"}),
+        json!({"publishNotReadyAddresses": true}),
+    );
+    f.c.apply(&[pod, svc]);
+    f.c.ready_pods(&["evictee"]);
+    let vip = f.c.cluster_ip("evicted");
+    let ns = f.ns("client-1");
+    eventually("evictee serves while it runs", LAG, || {
+        reaches(&ns, sock(vip, 80), &names(&["evictee"]), 3, true)
+    });
+    std::fs::write(&flag, b"").unwrap();
+    eventually("the pod is Failed", LAG, || {
+        let v =
+            f.c.lab
+                .json(&["lab", "get", "pods", "-n", NS, "-o", "json"]);
+        let p = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["metadata"]["name"] == "evictee")
+            .cloned()
+            .unwrap_or_default();
+        (p["status"]["phase"] == "Failed")
+            .then_some(())
+            .ok_or(format!("phase {}", p["status"]["phase"]))
+    });
+    eventually("its EndpointSlice is empty", LAG, || {
+        let eps = f.c.endpoints_of("evicted");
+        eps.is_empty()
+            .then_some(())
+            .ok_or(format!("endpoints: {eps:?}"))
+    });
+    eventually("evicted:80 refused", LAG, || {
+        refused(hostname(&ns, sock(vip, 80)))
+    });
+    let e =
+        f.c.bpf_entry(&f.c.node(1), vip, 80)
+            .unwrap_or_else(|| panic!("no entry for {vip}:80 on node 1"));
+    assert_eq!(e["backends"], json!([]), "{e}");
+    eprintln!("row 12: the Failed pod left the slice; {vip}:80 has no backend and refuses");
+}
+
 /// Rows 16 and 17: a Service labelled for another proxy, or headless by label, is not
 /// programmed (and status says why); the same Service without the label is.
 fn check_proxy_name_and_headless_labels(f: &ClusterIpFixture) {
@@ -720,11 +802,9 @@ fn check_no_endpoints_rejects(f: &ClusterIpFixture) {
     eventually("empty:90/UDP refused", LAG, || {
         refused(udp(&ns, sock(vip, 90), "hostname"))
     });
-    let entries = f.c.bpf_services(&f.c.node(1));
-    let e = entries
-        .iter()
-        .find(|e| e["frontend"]["ip"] == vip.to_string() && e["frontend"]["port"] == 80)
-        .unwrap_or_else(|| panic!("no entry for {vip}:80 in {entries:?}"));
+    let e =
+        f.c.bpf_entry(&f.c.node(1), vip, 80)
+            .unwrap_or_else(|| panic!("no entry for {vip}:80 on node 1"));
     assert_eq!(e["backends"], json!([]), "{e}");
 }
 
@@ -861,16 +941,7 @@ fn check_graceful_deletion_fallback(f: &ClusterIpFixture) {
         "served while terminating, from both nodes",
         Duration::from_secs(4),
         || {
-            let v =
-                f.c.lab
-                    .json(&["lab", "get", "endpointslices", "-n", NS, "-o", "json"]);
-            let eps: Vec<Value> = v["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "graceful")
-                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-                .collect();
+            let eps = f.c.endpoints_of("graceful");
             if eps.len() != 1 || !terminating(&eps[0]["conditions"]) {
                 return Err(format!("endpoints: {eps:?}"));
             }
@@ -1245,6 +1316,7 @@ fn cluster_ip_services_through_bpf() {
     check_session_affinity(&f);
     check_proxy_name_and_headless_labels(&f);
     check_publish_not_ready_addresses(&f);
+    check_terminated_pods_are_not_endpoints(&f);
     check_visibility(&f);
 }
 
@@ -1405,6 +1477,257 @@ fn check_load_balancer(f: &ExternalFixture) {
     });
 }
 
+/// One HTTP GET from inside `ns`: the status code and body.
+fn http_status(ns: &NetNs, addr: SocketAddrV4, path: &str) -> Result<(u16, String), Fail> {
+    ns.run(|| {
+        let started = Instant::now();
+        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
+            .map_err(|e| classify(e, started))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: lb\r\n\r\n").as_bytes())
+            .map_err(|e| classify(e, started))?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)
+            .map_err(|e| classify(e, started))?;
+        let code = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| Fail::Other(format!("not an HTTP answer: {text:?}")))?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        Ok((code, body.trim().to_string()))
+    })
+    .map_err(|e| Fail::Other(e.to_string()))?
+}
+
+/// Row 21: a LoadBalancer with externalTrafficPolicy Local gets a healthCheckNodePort;
+/// every node answers it (from the world host): 200 with the count of its local ready
+/// endpoints, 503 without one. When the node's only endpoint is terminating (written in a
+/// user EndpointSlice, so the state holds still), it answers 503 while external traffic
+/// to its NodePort still reaches that terminating endpoint.
+fn check_health_check_node_port(f: &ExternalFixture) {
+    let w1 = &f.pods["web-1"];
+    let ports = json!([{"name": "http", "port": 80, "protocol": "TCP"}]);
+    let slice_with = |ready: bool| {
+        slice(
+            "hc-local-1",
+            "hc-local",
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+            json!([endpoint(w1, ready, true, !ready)]),
+        )
+    };
+    f.c.apply(&[
+        service(
+            "hc-local",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": ports}),
+        ),
+        slice_with(true),
+    ]);
+    let s = f.c.service("hc-local");
+    let hc = s["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no healthCheckNodePort allocated: {s}")) as u16;
+    assert!((30000..=32767).contains(&hc), "{s}");
+    let np = f.c.node_port("hc-local", "http");
+    assert_ne!(hc, np);
+    let world = f.c.world_ns();
+    let probe = |i: u8| http_status(&world, sock(f.c.node_ip(i), hc), "/healthz");
+    eventually(
+        "node 1 (local ready endpoint) answers 200",
+        LAG,
+        || match probe(1) {
+            Ok((200, body)) => {
+                let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                (v["localEndpoints"] == 1 && v["service"]["name"] == "hc-local")
+                    .then_some(())
+                    .ok_or(body)
+            }
+            other => Err(format!("{other:?}")),
+        },
+    );
+    for i in [2, 3] {
+        eventually(
+            &format!("node {i} (no local endpoint) answers 503"),
+            LAG,
+            || match probe(i) {
+                Ok((503, body)) if body.contains("\"localEndpoints\":0") => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+    eventually("world → node 1 NodePort reaches web-1", LAG, || {
+        reaches(
+            &world,
+            sock(f.c.node_ip(1), np),
+            &names(&["web-1"]),
+            3,
+            true,
+        )
+    });
+
+    f.c.apply(&[slice_with(false)]);
+    eventually(
+        "node 1 answers 503 once its only endpoint is terminating",
+        LAG,
+        || match probe(1) {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    reaches(
+        &world,
+        sock(f.c.node_ip(1), np),
+        &names(&["web-1"]),
+        5,
+        true,
+    )
+    .expect("traffic still flows to the terminating endpoint");
+    let st = f.c.lab.status(&f.c.node(1));
+    assert!(
+        st["services"]["healthCheckPorts"]
+            .as_array()
+            .is_some_and(|p| p.contains(&json!(hc))),
+        "{st}"
+    );
+
+    // Back to Cluster: the port is released and no node answers it any more.
+    f.c.apply(&[service(
+        "hc-local",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Cluster", "ports": ports}),
+    )]);
+    let s = f.c.service("hc-local");
+    assert!(s["spec"].get("healthCheckNodePort").is_none(), "{s}");
+    eventually("the health check port is closed", LAG, || {
+        refused(probe(1).map(|(_, b)| b))
+    });
+    eprintln!(
+        "row 21: healthCheckNodePort {hc}: 200 on node 1, 503 on nodes 2 and 3, 503 on node 1 \
+         with only a terminating endpoint (still served), closed after the policy change"
+    );
+}
+
+/// Row 23: type changes ExternalName → ClusterIP → NodePort → ClusterIP → ExternalName →
+/// NodePort: the ClusterIP and NodePort are allocated and released by the lab API server
+/// as kube-apiserver does, and the datapath serves the Service after each change (and
+/// stops serving what was released). A NodePort is released on delete: the port refuses,
+/// and another Service can take it.
+fn check_type_changes_and_node_port_release(f: &ExternalFixture) {
+    let all = names(&["web-1", "web-2", "web-3"]);
+    let world = f.c.world_ns();
+    let client = f.c.pod_ns(&f.pods["client-1"]);
+    let node1 = f.c.node(1);
+    let morph = |ty: &str| {
+        let mut spec = json!({"type": ty, "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]});
+        if ty == "ExternalName" {
+            spec["externalName"] = json!(format!("web.{NS}.svc.cluster.local"));
+        }
+        service("morph", spec)
+    };
+    let skipped_as_external_name = || {
+        let st = f.c.lab.status(&node1);
+        st["services"]["skipped"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| {
+                s.as_str()
+                    .unwrap_or("")
+                    .starts_with("svc/morph: type ExternalName")
+            })
+            .then_some(())
+            .ok_or(format!("{st}"))
+    };
+    let programmed = |vip: Ipv4Addr| {
+        f.c.bpf_services(&node1)
+            .iter()
+            .any(|e| e["frontend"]["ip"] == vip.to_string())
+    };
+
+    f.c.apply(&[morph("ExternalName")]);
+    let s = f.c.service("morph");
+    assert!(
+        s["spec"].get("clusterIP").is_none(),
+        "ExternalName has no ClusterIP: {s}"
+    );
+    eventually(
+        "ExternalName is not programmed",
+        LAG,
+        skipped_as_external_name,
+    );
+
+    f.c.apply(&[morph("ClusterIP")]);
+    let vip = f.c.cluster_ip("morph");
+    let cidr = fibril_core::lab::LabSpec::default().service_cidr;
+    assert!(
+        cidr.contains(&vip),
+        "{vip} is in the lab's service CIDR {cidr}"
+    );
+    eventually("ExternalName → ClusterIP is served", LAG, || {
+        reaches(&client, sock(vip, 80), &all, 15, false)
+    });
+
+    f.c.apply(&[morph("NodePort")]);
+    let np = f.c.node_port("morph", "http");
+    assert_eq!(f.c.cluster_ip("morph"), vip, "the ClusterIP is kept");
+    eventually(
+        "ClusterIP → NodePort is served from the world",
+        LAG,
+        || reaches(&world, sock(f.c.node_ip(2), np), &all, 15, false),
+    );
+
+    f.c.apply(&[morph("ClusterIP")]);
+    let s = f.c.service("morph");
+    assert!(
+        s["spec"]["ports"][0].get("nodePort").is_none(),
+        "the NodePort is released: {s}"
+    );
+    eventually("the released NodePort refuses", LAG, || {
+        refused(hostname(&world, sock(f.c.node_ip(2), np)))
+    });
+    reaches(&client, sock(vip, 80), &all, 10, false).expect("the ClusterIP still serves");
+
+    f.c.apply(&[morph("ExternalName")]);
+    let s = f.c.service("morph");
+    assert!(
+        s["spec"].get("clusterIP").is_none(),
+        "the ClusterIP is released: {s}"
+    );
+    eventually("ClusterIP → ExternalName is unprogrammed", LAG, || {
+        skipped_as_external_name()?;
+        (!programmed(vip))
+            .then_some(())
+            .ok_or(format!("{vip} still programmed"))
+    });
+
+    f.c.apply(&[morph("NodePort")]);
+    let (vip, np) = (f.c.cluster_ip("morph"), f.c.node_port("morph", "http"));
+    eventually("ExternalName → NodePort is served", LAG, || {
+        reaches(&client, sock(vip, 80), &all, 10, false)?;
+        reaches(&world, sock(f.c.node_ip(3), np), &all, 10, false)
+    });
+
+    // Released on delete: the port refuses, and it can be requested again.
+    f.c.delete(&[morph("NodePort")]);
+    eventually("the deleted Service's NodePort refuses", LAG, || {
+        refused(hostname(&world, sock(f.c.node_ip(3), np)))
+    });
+    let mut reuse = web_service("reuse", json!({"app": "web"}), json!({"type": "NodePort"}));
+    reuse["spec"]["ports"][0]["nodePort"] = json!(np);
+    f.c.apply(&[reuse]);
+    assert_eq!(
+        f.c.node_port("reuse", "http"),
+        np,
+        "the released port is reused"
+    );
+    eventually("the reused NodePort serves", LAG, || {
+        reaches(&world, sock(f.c.node_ip(3), np), &all, 10, false)
+    });
+    eprintln!(
+        "row 23: served after every type change; NodePort {np} released on delete and reused"
+    );
+}
+
 /// Acceptance 3: nothing in the nodes' namespaces uses iptables or netfilter conntrack,
 /// after traffic through ClusterIPs, NodePorts and a LoadBalancer address.
 fn check_no_netfilter(f: &ExternalFixture) {
@@ -1526,6 +1849,8 @@ fn node_port_external_traffic_and_agent_restart() {
     check_node_port(&f);
     check_external_traffic_policy_local(&f);
     check_load_balancer(&f);
+    check_health_check_node_port(&f);
+    check_type_changes_and_node_port_release(&f);
     check_no_netfilter(&f);
     check_agent_restart(&f);
 }

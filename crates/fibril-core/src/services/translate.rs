@@ -20,6 +20,9 @@
 //!   Local` limits external traffic to this node's endpoints and keeps the client address,
 //!   while pods on this node using the external address get every endpoint ([`Scope`]).
 //!
+//! It reads the compact form of the objects ([`super::model`]): an agent keeps that, not
+//! the objects.
+//!
 //! Pure: the same inputs in any order give the same table and problems.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,11 +30,11 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
+use super::model::{Interner, ServiceInfo, ServiceType, SliceInfo};
 use super::{
     Backend, Frontend, FrontendKind, L4Proto, Scope, ServiceEntry, ServiceName, ServiceTable,
 };
@@ -217,39 +220,92 @@ pub struct Translation {
     pub skipped: Vec<Skipped>,
     /// Everything wrong, sorted; refused externalIPs among them.
     pub problems: Vec<Problem>,
+    /// The health check node ports this node answers, sorted by port.
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
+}
+
+/// A Service's `healthCheckNodePort` (`type: LoadBalancer`, `externalTrafficPolicy:
+/// Local`): every node answers there whether it has a local ready endpoint, so that a load
+/// balancer sends external traffic only to nodes that can serve it locally (kube-proxy's
+/// service health server). Terminating endpoints do not count (KEP-1669): a node whose
+/// local endpoints all terminate reports unhealthy, and the load balancer drains it, while
+/// traffic that still arrives is served by them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub port: u16,
+    pub service: ServiceName,
+    /// Ready endpoints on this node (distinct addresses).
+    pub local_endpoints: usize,
+}
+
+impl HealthCheck {
+    /// 200 with local ready endpoints, else 503 (kube-proxy's answer).
+    pub fn healthy(&self) -> bool {
+        self.local_endpoints > 0
+    }
 }
 
 /// Translates every Service for one node. `slices` may hold the slices of every Service;
 /// each is matched to its Service by namespace and the `kubernetes.io/service-name` label.
+///
+/// The same as [`translate_infos`] over the objects' compact form.
 pub fn translate(
     services: &[Service],
     slices: &[EndpointSlice],
     cfg: &TranslateConfig,
 ) -> Translation {
-    let mut slices_of: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut names = Interner::default();
+    let services: Vec<ServiceInfo> = services
+        .iter()
+        .map(|s| ServiceInfo::new(s, &mut names))
+        .collect();
+    let slices: Vec<SliceInfo> = slices
+        .iter()
+        .map(|s| SliceInfo::new(s, &mut names))
+        .collect();
+    translate_infos(services.iter(), slices.iter(), cfg)
+}
+
+/// Translates every Service for one node, from their compact form (see [`translate`]).
+pub fn translate_infos<'a>(
+    services: impl IntoIterator<Item = &'a ServiceInfo>,
+    slices: impl IntoIterator<Item = &'a SliceInfo>,
+    cfg: &TranslateConfig,
+) -> Translation {
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&SliceInfo>> = BTreeMap::new();
     for s in slices {
-        if let Some(key) = slice_service(s) {
-            slices_of.entry(key).or_default().push(s);
+        if let Some(svc) = s.service.as_deref() {
+            slices_of.entry((&s.namespace, svc)).or_default().push(s);
         }
     }
 
     let mut out = Translation::default();
     let mut candidates: Vec<Candidate> = Vec::new();
     for svc in services {
-        let name = service_name(svc);
+        let name = &svc.name;
         if let Some(reason) = skip_reason(svc, cfg) {
             out.skipped.push(Skipped {
-                service: name,
+                service: name.clone(),
                 reason,
             });
             continue;
         }
-        let key = (name.namespace.clone(), name.name.clone());
-        let svc_slices = slices_of.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let svc_slices = slices_of
+            .get(&(name.namespace.as_str(), name.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut p = Vec::new();
-        candidates.extend(service_entries(svc, &name, svc_slices, cfg, &mut p));
+        candidates.extend(service_entries(
+            svc,
+            svc_slices,
+            cfg,
+            &mut p,
+            &mut out.health_checks,
+        ));
         out.problems.extend(p);
-        out.services.push(name);
+        out.services.push(name.clone());
     }
 
     out.table = resolve_conflicts(candidates, &mut out.problems);
@@ -258,58 +314,32 @@ pub fn translate(
     out.skipped.sort();
     out.problems.sort();
     out.problems.dedup();
+    // The API server gives each port to one Service; should two claim one anyway, the
+    // first by name keeps it.
+    out.health_checks.sort();
+    out.health_checks.dedup_by_key(|h| h.port);
     out
 }
 
-fn service_name(svc: &Service) -> ServiceName {
-    ServiceName {
-        namespace: svc
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
-fn skip_reason(svc: &Service, cfg: &TranslateConfig) -> Option<SkipReason> {
-    let labels = svc.metadata.labels.as_ref();
-    let spec = svc.spec.as_ref();
-    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+fn skip_reason(svc: &ServiceInfo, cfg: &TranslateConfig) -> Option<SkipReason> {
+    if svc.type_ == ServiceType::ExternalName {
         return Some(SkipReason::ExternalName);
     }
-    if spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
+    if svc.headless {
         return Some(SkipReason::Headless);
     }
-    if labels.is_some_and(|l| l.contains_key(HEADLESS_LABEL)) {
+    if svc.headless_label {
         return Some(SkipReason::HeadlessLabel);
     }
-    let proxy = labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL));
-    if proxy != cfg.proxy_name.as_ref() {
+    if svc.proxy_name.as_deref() != cfg.proxy_name.as_deref() {
         return Some(SkipReason::OtherProxy {
-            proxy: proxy.cloned().unwrap_or_default(),
+            proxy: svc.proxy_name.as_deref().unwrap_or_default().to_string(),
         });
     }
-    if cluster_ips(svc).is_empty() {
+    if svc.cluster_ips.is_empty() {
         return Some(SkipReason::NoIpv4ClusterIp);
     }
     None
-}
-
-/// The IPv4 ClusterIPs: `clusterIPs`, else `clusterIP`. (IPv6 entries belong to an IPv6
-/// proxy, as kube-proxy splits them.)
-fn cluster_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    let Some(spec) = svc.spec.as_ref() else {
-        return Vec::new();
-    };
-    let listed: Vec<&String> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().collect(),
-        _ => spec.cluster_ip.iter().collect(),
-    };
-    let mut out: Vec<Ipv4Addr> = listed.iter().filter_map(|ip| ip.parse().ok()).collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// One endpoint of one Service port, as the slices say.
@@ -330,33 +360,36 @@ impl Ep {
     }
 }
 
-/// Endpoints per (slice port name, protocol), deduplicated by (ip, port); and how many
-/// distinct endpoint addresses the slices hold at all.
-struct Endpoints {
-    by_port: BTreeMap<(String, L4Proto), BTreeMap<(Ipv4Addr, u16), Ep>>,
+/// One slice port's endpoints, deduplicated by (ip, port).
+type PortEndpoints = BTreeMap<(Ipv4Addr, u16), Ep>;
+
+/// Endpoints per (slice port name, protocol); and how many distinct endpoint addresses
+/// the slices hold at all.
+struct Endpoints<'a> {
+    by_port: BTreeMap<(&'a str, L4Proto), PortEndpoints>,
     addresses: usize,
 }
 
-fn collect_endpoints(
+fn collect_endpoints<'a>(
     name: &ServiceName,
-    slices: &[&EndpointSlice],
+    slices: &[&'a SliceInfo],
     cfg: &TranslateConfig,
     problems: &mut Vec<Problem>,
-) -> Endpoints {
-    let mut by_port: BTreeMap<(String, L4Proto), BTreeMap<(Ipv4Addr, u16), Ep>> = BTreeMap::new();
+) -> Endpoints<'a> {
+    let mut by_port: BTreeMap<(&str, L4Proto), PortEndpoints> = BTreeMap::new();
     let mut addresses = BTreeSet::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
+        if !slice.ipv4 {
             continue;
         }
-        let slice_name = slice.metadata.name.clone().unwrap_or_default();
+        let slice_name = &slice.name;
         let mut ports = Vec::new();
-        for (j, p) in slice.ports.iter().flatten().enumerate() {
-            let field = format!("endpointslice/{slice_name} ports[{j}]");
-            let proto = match parse_proto(p.protocol.as_deref()) {
-                Ok(proto) => proto,
-                Err(why) => {
-                    problems.push(invalid(name, &field, p.protocol.as_deref(), why));
+        for (j, p) in slice.ports.iter().enumerate() {
+            let proto = match &p.proto {
+                Ok(proto) => *proto,
+                Err(raw) => {
+                    let field = format!("endpointslice/{slice_name} ports[{j}]");
+                    problems.push(invalid(name, &field, Some(raw), PROTO_WHY));
                     continue;
                 }
             };
@@ -367,53 +400,42 @@ fn collect_endpoints(
             else {
                 problems.push(invalid(
                     name,
-                    &format!("{field}.port"),
+                    &format!("endpointslice/{slice_name} ports[{j}].port"),
                     Some(&format!("{:?}", p.port)),
                     "must be a port number between 1 and 65535",
                 ));
                 continue;
             };
-            ports.push((p.name.clone().unwrap_or_default(), proto, port));
+            ports.push((&*p.name, proto, port));
         }
-        for (i, e) in slice.endpoints.iter().flatten().enumerate() {
-            // kube-proxy uses the first address: the others are the same endpoint.
-            let Some(addr) = e.addresses.first() else {
-                continue;
-            };
-            let ip: Ipv4Addr = match addr.parse() {
-                Ok(ip) => ip,
-                Err(_) => {
-                    problems.push(invalid(
-                        name,
-                        &format!("endpointslice/{slice_name} endpoints[{i}].addresses[0]"),
-                        Some(addr),
-                        "not an IPv4 address",
-                    ));
-                    continue;
-                }
-            };
-            addresses.insert(ip);
-            let c = e.conditions.as_ref();
-            // Unset ready and serving mean true; unset terminating means false (the API's
-            // documented defaults, as kube-proxy reads them).
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let local = e.node_name.as_deref() == Some(cfg.node_name.as_str());
+        for bad in &slice.bad_addresses {
+            problems.push(invalid(
+                name,
+                &format!(
+                    "endpointslice/{slice_name} endpoints[{}].addresses[0]",
+                    bad.index
+                ),
+                Some(&bad.address),
+                "not an IPv4 address",
+            ));
+        }
+        for e in &slice.endpoints {
+            addresses.insert(e.ip);
+            let local = e.node.as_deref() == Some(cfg.node_name.as_str());
             for (pname, proto, port) in &ports {
                 let ep = Ep {
-                    ip,
+                    ip: e.ip,
                     port: *port,
                     local,
-                    ready,
-                    serving,
-                    terminating,
+                    ready: e.ready(),
+                    serving: e.serving(),
+                    terminating: e.terminating(),
                 };
-                let set = by_port.entry((pname.clone(), *proto)).or_default();
-                match set.get(&(ip, *port)) {
+                let set = by_port.entry((pname, *proto)).or_default();
+                match set.get(&(e.ip, *port)) {
                     Some(have) if (have.rank(), *have) >= (ep.rank(), ep) => {}
                     _ => {
-                        set.insert((ip, *port), ep);
+                        set.insert((e.ip, *port), ep);
                     }
                 }
             }
@@ -453,14 +475,7 @@ fn backend(e: &Ep, terminating: bool) -> Backend {
     }
 }
 
-fn parse_proto(p: Option<&str>) -> Result<L4Proto, &'static str> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Ok(L4Proto::Tcp),
-        "UDP" => Ok(L4Proto::Udp),
-        "SCTP" => Ok(L4Proto::Sctp),
-        _ => Err("protocol must be TCP, UDP or SCTP"),
-    }
-}
+const PROTO_WHY: &str = "protocol must be TCP, UDP or SCTP";
 
 fn invalid(name: &ServiceName, field: &str, value: Option<&str>, why: &str) -> Problem {
     Problem {
@@ -497,56 +512,39 @@ fn kind_rank(k: FrontendKind) -> u8 {
 
 /// The external addresses of a Service (not per port): allowed externalIPs and LB ingress IPs.
 fn external_addresses(
-    svc: &Service,
-    name: &ServiceName,
+    svc: &ServiceInfo,
     cfg: &TranslateConfig,
     problems: &mut Vec<Problem>,
 ) -> Vec<(FrontendKind, Ipv4Addr, String)> {
+    let name = &svc.name;
     let mut out = Vec::new();
-    let spec = svc.spec.as_ref();
-    for (i, raw) in spec
-        .and_then(|s| s.external_ips.as_ref())
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, raw) in svc.external_ips.iter().enumerate() {
         let field = format!("spec.externalIPs[{i}]");
+        let refused = |field| Problem {
+            service: name.clone(),
+            field,
+            kind: ProblemKind::ExternalIpRefused {
+                ip: raw.to_string(),
+                allowed: cfg.allowed_external_ips.clone(),
+            },
+        };
         match raw.parse::<Ipv4Addr>() {
             Ok(ip) if cfg.allowed_external_ips.iter().any(|r| r.contains(&ip)) => {
                 out.push((FrontendKind::ExternalIp, ip, field));
             }
-            Ok(_) => problems.push(Problem {
-                service: name.clone(),
-                field,
-                kind: ProblemKind::ExternalIpRefused {
-                    ip: raw.clone(),
-                    allowed: cfg.allowed_external_ips.clone(),
-                },
-            }),
+            Ok(_) => problems.push(refused(field)),
             // IPv6 externalIPs belong to an IPv6 proxy; anything else is refused.
             Err(_) if raw.parse::<std::net::Ipv6Addr>().is_ok() => {}
-            Err(_) => problems.push(Problem {
-                service: name.clone(),
-                field,
-                kind: ProblemKind::ExternalIpRefused {
-                    ip: raw.clone(),
-                    allowed: cfg.allowed_external_ips.clone(),
-                },
-            }),
+            Err(_) => problems.push(refused(field)),
         }
     }
-    if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref());
-        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+    if svc.type_ == ServiceType::LoadBalancer {
+        for (i, ing) in svc.ingress.iter().enumerate() {
             // ipMode Proxy: the load balancer delivers to nodes itself (KEP-1860).
-            if ing.ip_mode.as_deref() == Some("Proxy") {
+            if ing.proxy_mode {
                 continue;
             }
-            let Some(raw) = ing.ip.as_ref() else {
+            let Some(raw) = ing.ip.as_deref() else {
                 continue;
             };
             if let Ok(ip) = raw.parse::<Ipv4Addr>() {
@@ -557,10 +555,7 @@ fn external_addresses(
                 ));
             }
         }
-        if spec
-            .and_then(|s| s.load_balancer_source_ranges.as_ref())
-            .is_some_and(|r| !r.is_empty())
-        {
+        if svc.lb_source_ranges {
             problems.push(Problem {
                 service: name.clone(),
                 field: "spec.loadBalancerSourceRanges".into(),
@@ -575,22 +570,13 @@ fn external_addresses(
     out
 }
 
-fn affinity_timeout(svc: &Service, name: &ServiceName, problems: &mut Vec<Problem>) -> Option<u32> {
-    let spec = svc.spec.as_ref()?;
-    if spec.session_affinity.as_deref() != Some("ClientIP") {
-        return None;
-    }
-    let set = spec
-        .session_affinity_config
-        .as_ref()
-        .and_then(|c| c.client_ip.as_ref())
-        .and_then(|c| c.timeout_seconds);
-    match set {
+fn affinity_timeout(svc: &ServiceInfo, problems: &mut Vec<Problem>) -> Option<u32> {
+    match svc.affinity? {
         None => Some(DEFAULT_AFFINITY_TIMEOUT_SECS),
         Some(t) if t > 0 && t <= MAX_AFFINITY_TIMEOUT_SECS as i32 => Some(t as u32),
         Some(t) => {
             problems.push(invalid(
-                name,
+                &svc.name,
                 "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
                 Some(&t.to_string()),
                 "must be between 1 and 86400; the default (10800) is used",
@@ -600,47 +586,56 @@ fn affinity_timeout(svc: &Service, name: &ServiceName, problems: &mut Vec<Proble
     }
 }
 
-fn target_port_text(p: &ServicePort) -> String {
-    match &p.target_port {
-        Some(IntOrString::String(s)) => format!("{s:?}"),
-        Some(IntOrString::Int(n)) => n.to_string(),
-        None => p.port.to_string(),
-    }
-}
-
 fn service_entries(
-    svc: &Service,
-    name: &ServiceName,
-    slices: &[&EndpointSlice],
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
     cfg: &TranslateConfig,
     problems: &mut Vec<Problem>,
+    health_checks: &mut Vec<HealthCheck>,
 ) -> Vec<Candidate> {
-    let Some(spec) = svc.spec.as_ref() else {
-        return Vec::new();
-    };
-    let created = svc
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second());
-    let node_ports_wanted = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-    let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let affinity = affinity_timeout(svc, name, problems);
-    let externals = external_addresses(svc, name, cfg, problems);
+    let name = &svc.name;
+    let created = svc.created;
+    let node_ports_wanted = matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer);
+    let affinity = affinity_timeout(svc, problems);
+    let externals = external_addresses(svc, cfg, problems);
     let endpoints = collect_endpoints(name, slices, cfg, problems);
+    if let Some(hc) = svc.health_check_node_port {
+        match u16::try_from(hc).ok().filter(|p| *p != 0) {
+            Some(port) if svc.etp_local && svc.type_ == ServiceType::LoadBalancer => {
+                let local: BTreeSet<Ipv4Addr> = endpoints
+                    .by_port
+                    .values()
+                    .flat_map(|m| m.values())
+                    .filter(|e| e.local && e.ready)
+                    .map(|e| e.ip)
+                    .collect();
+                health_checks.push(HealthCheck {
+                    port,
+                    service: name.clone(),
+                    local_endpoints: local.len(),
+                });
+            }
+            Some(_) => {}
+            None => problems.push(invalid(
+                name,
+                "spec.healthCheckNodePort",
+                Some(&hc.to_string()),
+                "must be a port number between 1 and 65535",
+            )),
+        }
+    }
     let mut out = Vec::new();
 
-    for (i, port) in spec.ports.iter().flatten().enumerate() {
+    for (i, port) in svc.ports.iter().enumerate() {
         let pfield = format!("spec.ports[{i}]");
-        let proto = match parse_proto(port.protocol.as_deref()) {
-            Ok(p) => p,
-            Err(why) => {
+        let proto = match &port.proto {
+            Ok(p) => *p,
+            Err(raw) => {
                 problems.push(invalid(
                     name,
                     &format!("{pfield}.protocol"),
-                    port.protocol.as_deref(),
-                    why,
+                    Some(raw),
+                    PROTO_WHY,
                 ));
                 continue;
             }
@@ -654,10 +649,10 @@ fn service_entries(
             ));
             continue;
         };
-        let port_name = port.name.clone().unwrap_or_default();
+        let port_name: &str = &port.name;
         let eps: Vec<Ep> = endpoints
             .by_port
-            .get(&(port_name.clone(), proto))
+            .get(&(port_name, proto))
             .map(|m| m.values().copied().collect())
             .unwrap_or_default();
         if eps.is_empty() && endpoints.addresses > 0 {
@@ -665,7 +660,7 @@ fn service_entries(
                 service: name.clone(),
                 field: format!("{pfield}.targetPort"),
                 kind: ProblemKind::NoEndpointPort {
-                    target_port: target_port_text(port),
+                    target_port: port.target_port.to_string(),
                     endpoints: endpoints.addresses,
                 },
             });
@@ -674,7 +669,7 @@ fn service_entries(
         let local = pick(&eps, true);
         let entry = |kind, scope, ip, fport, backends: &Vec<Backend>, preserve| ServiceEntry {
             service: name.clone(),
-            port_name: port_name.clone(),
+            port_name: port_name.to_string(),
             kind,
             scope,
             frontend: Frontend {
@@ -694,13 +689,13 @@ fn service_entries(
             })
         };
 
-        let internal = if itp_local { &local } else { &cluster };
-        for ip in cluster_ips(svc) {
+        let internal = if svc.itp_local { &local } else { &cluster };
+        for ip in &svc.cluster_ips {
             push(
                 entry(
                     FrontendKind::ClusterIp,
                     Scope::External,
-                    ip,
+                    *ip,
                     svc_port,
                     internal,
                     false,
@@ -719,7 +714,7 @@ fn service_entries(
                     format!("{pfield}.nodePort"),
                 )),
                 // `allocateLoadBalancerNodePorts: false` leaves LoadBalancer ports without.
-                None if spec.type_.as_deref() == Some("LoadBalancer") => {}
+                None if svc.type_ == ServiceType::LoadBalancer => {}
                 other => problems.push(invalid(
                     name,
                     &format!("{pfield}.nodePort"),
@@ -732,7 +727,7 @@ fn service_entries(
             external.push((*kind, *ip, svc_port, field.clone()));
         }
         for (kind, ip, fport, field) in external {
-            if etp_local {
+            if svc.etp_local {
                 push(
                     entry(kind, Scope::External, ip, fport, &local, true),
                     field.clone(),

@@ -743,6 +743,65 @@ fn external_ips_follow_external_traffic_policy() {
 }
 
 #[test]
+fn health_check_node_port_counts_this_nodes_ready_endpoints_only() {
+    // Row 21: 200 with a local ready endpoint, 503 when only terminating ones remain.
+    let mut spec = node_port_spec("Local");
+    spec["type"] = json!("LoadBalancer");
+    spec["healthCheckNodePort"] = json!(31500);
+    let s = svc("lb", spec.clone());
+    let slices = |eps: Value| [slice("lb-1", "lb", http_port(), eps)];
+
+    let t = translate(
+        std::slice::from_ref(&s),
+        &slices(json!([
+            ready("10.244.0.7", NODE),
+            ready("10.244.0.8", NODE),
+            ready("10.244.1.5", "node-b"),
+        ])),
+        &cfg(),
+    );
+    assert_eq!(
+        t.health_checks,
+        [HealthCheck {
+            port: 31500,
+            service: ServiceName {
+                namespace: "default".into(),
+                name: "lb".into()
+            },
+            local_endpoints: 2,
+        }]
+    );
+    assert!(t.health_checks[0].healthy());
+
+    // Only a terminating local endpoint: unhealthy, yet it still serves external traffic.
+    let t = translate(
+        std::slice::from_ref(&s),
+        &slices(json!([
+            ep("10.244.0.7", Some(NODE), false, true, true),
+            ready("10.244.1.5", "node-b"),
+        ])),
+        &cfg(),
+    );
+    assert_eq!(t.health_checks[0].local_endpoints, 0);
+    assert!(!t.health_checks[0].healthy());
+    let e = get(
+        &t,
+        fe(&NODE_IP.to_string(), 30080, L4Proto::Tcp),
+        Scope::External,
+    );
+    assert_eq!(ips(e), ["10.244.0.7:8080"]);
+    assert!(e.backends[0].terminating);
+
+    // Cluster policy, or not a LoadBalancer: no health check.
+    let mut cluster = spec.clone();
+    cluster["externalTrafficPolicy"] = json!("Cluster");
+    let mut np = spec;
+    np["type"] = json!("NodePort");
+    let t = translate(&[svc("c", cluster), svc("n", np)], &[], &cfg());
+    assert!(t.health_checks.is_empty(), "{:?}", t.health_checks);
+}
+
+#[test]
 fn session_affinity_client_ip_with_its_timeout() {
     // Rows 7 and 8.
     let mut spec = basic("10.96.0.90");
