@@ -313,13 +313,14 @@ impl DropRecord {
             }
         };
         let policy = match (&self.direction, self.revision) {
-            (Some(d), Some(r)) => format!(" {d} revision {r}"),
+            (Some(d), Some(r)) => format!(" ({d}, revision {r})"),
             _ => String::new(),
         };
         format!(
             "{} {}{policy} at {}: {} {} -> {} identities {} -> {}",
             self.seen,
-            self.reason,
+            // Read as words ("policy denied"); JSON keeps the stable name.
+            self.reason.replace('_', " "),
             self.hook,
             self.proto_name(),
             side(self.src, self.src_port, &self.src_pod),
@@ -947,7 +948,7 @@ mod tests {
         };
         assert_eq!(
             d.render(),
-            "t policy_denied ingress revision 3 at from-netdev: TCP 10.244.2.11:40000 (x/b) -> 10.244.1.10:80 (x/a) identities 257 -> 256"
+            "t policy denied (ingress, revision 3) at from-netdev: TCP 10.244.2.11:40000 (x/b) -> 10.244.1.10:80 (x/a) identities 257 -> 256"
         );
     }
 }

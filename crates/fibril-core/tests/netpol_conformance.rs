@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use fibril_core::policy::conformance::{check_step, run_reference, Case, Model, Observed};
+use fibril_core::policy::conformance::{
+    apply_action, check_step, present_pods, run_reference, tcp_stand_ins, Case, CaseReport,
+    Mismatch, Model, Observed, StandIns, Verdict,
+};
+use fibril_core::policy::Compiler;
 use fibril_core::policy::PodKey;
 use fibril_core::services::L4Proto;
 
@@ -262,4 +266,120 @@ fn unprobed_and_unsupported_cells_fail_a_step() {
         Observed::Unsupported("no SCTP".into()).to_string(),
         "unsupported (no SCTP)"
     );
+}
+
+/// The TCP stand-ins of an SCTP-only case's step 0, keyed "from->to".
+fn stand_ins(case: &str) -> BTreeMap<String, bool> {
+    let model = model();
+    let case = cases("netpol")
+        .into_iter()
+        .find(|c| c.name.starts_with(case))
+        .unwrap();
+    let step = &case.steps[0];
+    let mut state = model.cluster_state();
+    for a in &step.actions {
+        apply_action(&mut state, &model, a).unwrap();
+    }
+    let compiled = Compiler::new().compile(&state).unwrap();
+    let present = present_pods(step, &state);
+    let cells = tcp_stand_ins(step, &present, L4Proto::Sctp, &compiled).unwrap();
+    assert_eq!(cells.len(), 72, "{}", case.name);
+    assert!(cells.iter().all(|c| c.protocol == L4Proto::Tcp));
+    cells
+        .iter()
+        .map(|c| (format!("{}->{}", c.from, c.to), c.allowed))
+        .collect()
+}
+
+#[test]
+fn sctp_only_cases_get_tcp_stand_ins_closed_where_the_policy_isolates() {
+    // e2e-47: x/a admits SCTP 81 from namespace y only: TCP 81 stays closed to x/a from
+    // everywhere, y included; other pods are not isolated.
+    let s47 = stand_ins("e2e-47");
+    for from in ["x/b", "y/a", "y/b", "z/c"] {
+        assert!(!s47[&format!("{from}->x/a")], "{from} -> x/a");
+    }
+    assert!(s47["x/a->y/a"] && s47["y/a->x/b"]);
+    // e2e-46: namespace x denies all ingress: TCP into x is closed, out of x open.
+    let s46 = stand_ins("e2e-46");
+    assert!(!s46["z/a->x/b"] && !s46["x/a->x/c"]);
+    assert!(s46["x/a->z/a"] && s46["y/a->z/b"]);
+    // e2e-48: a rule with no ports admits every protocol from y/a: TCP too.
+    let s48 = stand_ins("e2e-48");
+    assert!(s48["y/a->x/a"]);
+    assert!(!s48["y/b->x/a"] && !s48["x/b->x/a"]);
+    // A step that probes TCP on the port already has no stand-in for those pairs.
+    let model = model();
+    let e2e14 = cases("netpol")
+        .into_iter()
+        .find(|c| c.name == "e2e-14-ports")
+        .unwrap();
+    let compiled = Compiler::new().compile(&model.cluster_state()).unwrap();
+    let pods: Vec<PodKey> = model.pods.keys().cloned().collect();
+    assert!(
+        tcp_stand_ins(&e2e14.steps[0], &pods, L4Proto::Sctp, &compiled)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn unsupported_is_its_own_verdict_and_never_a_pass() {
+    let model = model();
+    let case = cases("netpol")
+        .into_iter()
+        .find(|c| c.name.starts_with("e2e-47"))
+        .unwrap();
+    let step = &case.steps[0];
+    let pods: Vec<PodKey> = model.pods.keys().cloned().collect();
+    let unsupported = || Observed::Unsupported("no SCTP".into());
+    let mut r = check_step(step, &pods, |_| unsupported());
+    assert_eq!(r.mismatches.len(), 72);
+    assert_eq!(r.verdict(), Verdict::Unsupported);
+    assert!(!r.passed());
+    r.stand_ins = Some(StandIns {
+        for_protocol: L4Proto::Sctp,
+        cells: 72,
+        mismatches: vec![],
+    });
+    assert_eq!(r.verdict(), Verdict::Unsupported);
+    let lines = CaseReport {
+        name: case.name.clone(),
+        steps: vec![r.clone()],
+    }
+    .failures();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].ends_with("72 SCTP cells unsupported (no SCTP)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].ends_with("72 TCP stand-ins for the SCTP cells, all as the policy model expects"),
+        "{lines:?}"
+    );
+
+    // A wrong stand-in fails the step; so does any other mismatch beside unsupported ones.
+    let mut wrong = r.clone();
+    let mut m = wrong.mismatches[0].clone();
+    m.protocol = L4Proto::Tcp;
+    m.observed = Observed::Allowed;
+    wrong.stand_ins.as_mut().unwrap().mismatches.push(m.clone());
+    assert_eq!(wrong.verdict(), Verdict::Fail);
+    let mut mixed = r.clone();
+    mixed.mismatches.push(Mismatch {
+        observed: Observed::Unprobed("no server".into()),
+        ..m
+    });
+    assert_eq!(mixed.verdict(), Verdict::Fail);
+    // A case is as bad as its worst step, and fails when a step did not run.
+    let report = CaseReport {
+        name: case.name.clone(),
+        steps: vec![r],
+    };
+    assert_eq!(report.verdict(&case), Verdict::Unsupported);
+    let short = CaseReport {
+        name: case.name.clone(),
+        steps: vec![],
+    };
+    assert_eq!(short.verdict(&case), Verdict::Fail);
 }

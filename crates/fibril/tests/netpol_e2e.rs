@@ -274,9 +274,22 @@ fn network_policy_is_enforced_and_follows_changes_without_restarts() {
         matches!(drop["dstPort"].as_u64(), Some(8080 | 9090)),
         "{drop}"
     );
+    // And in the human form: the reason, both pods, the port and the revision on one line.
     let human = lab.lab.ok(&["status", "--node", &n1]);
+    assert!(human.contains("Policy:"), "{human}");
+    let port = drop["dstPort"].as_u64().unwrap();
+    let revision = drop["revision"].as_u64().unwrap();
     assert!(
-        human.contains("Policy:") && human.contains("policy_denied"),
+        human.lines().any(|l| {
+            l.trim_start().starts_with("drop:")
+                && l.contains("policy denied (ingress, revision ")
+                && l.contains(&format!("({NS}/far)"))
+                && l.contains(&format!(":{port} ({NS}/srv)"))
+        }),
+        "no drop line with the reason, both pods and port {port}:\n{human}"
+    );
+    assert!(
+        human.contains(&format!("isolated: {NS}/srv (revision {revision})")),
         "{human}"
     );
 

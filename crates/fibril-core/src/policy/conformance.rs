@@ -304,6 +304,27 @@ impl Cell {
             protocol: self.protocol,
         }
     }
+
+    /// Whether `observed` is what the cell expects (only "allowed" and "denied" can be).
+    pub fn matches(&self, observed: &Observed) -> bool {
+        match observed {
+            Observed::Allowed => self.allowed,
+            Observed::Denied => !self.allowed,
+            Observed::Unprobed(_) | Observed::Unsupported(_) => false,
+        }
+    }
+
+    /// The mismatch, when `observed` is not what the cell expects.
+    pub fn mismatch(&self, observed: Observed) -> Option<Mismatch> {
+        (!self.matches(&observed)).then(|| Mismatch {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            port: self.port,
+            protocol: self.protocol,
+            expected: self.allowed,
+            observed,
+        })
+    }
 }
 
 /// One change a step makes to the cluster. `P` is the policy: a
@@ -875,11 +896,67 @@ pub struct StepReport {
     /// Anything else that makes the step fail (an action refused, a pair without an
     /// expectation, an invalid compiled policy).
     pub errors: Vec<String>,
+    /// TCP cells probed in place of cells whose protocol the prober cannot carry
+    /// ([`tcp_stand_ins`]); their mismatches fail the step like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stand_ins: Option<StandIns>,
+}
+
+/// The TCP stand-ins of a step's unsupported cells, and how they went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandIns {
+    /// The protocol they stand in for.
+    pub for_protocol: L4Proto,
+    pub cells: usize,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// What a step or a case showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every cell observed as expected.
+    Pass,
+    /// Every cell the prober can carry observed as expected, and the stand-ins of those it
+    /// cannot too; some cells are [`Observed::Unsupported`]. Never a pass.
+    Unsupported,
+    /// A cell observed otherwise or not probed, a stand-in wrong, or an error.
+    Fail,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Unsupported => "UNSUPPORTED",
+            Verdict::Fail => "FAIL",
+        })
+    }
 }
 
 impl StepReport {
     pub fn passed(&self) -> bool {
-        self.mismatches.is_empty() && self.errors.is_empty()
+        self.verdict() == Verdict::Pass
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        let stand_ins_ok = self
+            .stand_ins
+            .as_ref()
+            .is_none_or(|s| s.mismatches.is_empty());
+        if !self.errors.is_empty() || !stand_ins_ok {
+            return Verdict::Fail;
+        }
+        let unsupported = |m: &Mismatch| matches!(m.observed, Observed::Unsupported(_));
+        if self.mismatches.iter().all(unsupported) {
+            if self.mismatches.is_empty() {
+                Verdict::Pass
+            } else {
+                Verdict::Unsupported
+            }
+        } else {
+            Verdict::Fail
+        }
     }
 }
 
@@ -892,18 +969,56 @@ pub struct CaseReport {
 impl CaseReport {
     /// A case passes when it ran every step and each passed.
     pub fn passed(&self, case: &Case) -> bool {
-        self.steps.len() == case.steps.len() && self.steps.iter().all(StepReport::passed)
+        self.verdict(case) == Verdict::Pass
     }
 
-    /// Every failing cell and error, one line each: `case step N (label): ...`.
+    /// The worst of its steps' verdicts; a case that did not run every step fails.
+    pub fn verdict(&self, case: &Case) -> Verdict {
+        if self.steps.len() != case.steps.len() {
+            return Verdict::Fail;
+        }
+        self.steps
+            .iter()
+            .map(StepReport::verdict)
+            .max()
+            .unwrap_or(Verdict::Pass)
+    }
+
+    /// Every failing cell and error, one line each: `case step N (label): ...`. Unsupported
+    /// cells are summed up, one line per step and reason, with their stand-ins.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, s) in self.steps.iter().enumerate() {
+            let at = format!("{} step {i} ({})", self.name, s.label);
             for e in &s.errors {
-                out.push(format!("{} step {i} ({}): {e}", self.name, s.label));
+                out.push(format!("{at}: {e}"));
             }
+            let mut unsupported: BTreeMap<(L4Proto, &str), usize> = BTreeMap::new();
             for m in &s.mismatches {
-                out.push(format!("{} step {i} ({}): {m}", self.name, s.label));
+                match &m.observed {
+                    Observed::Unsupported(why) => {
+                        *unsupported.entry((m.protocol, why.as_str())).or_default() += 1
+                    }
+                    _ => out.push(format!("{at}: {m}")),
+                }
+            }
+            for ((proto, why), n) in unsupported {
+                out.push(format!("{at}: {n} {proto} cells unsupported ({why})"));
+            }
+            if let Some(st) = &s.stand_ins {
+                out.push(format!(
+                    "{at}: {} TCP stand-ins for the {} cells, {} as the policy model expects",
+                    st.cells,
+                    st.for_protocol,
+                    if st.mismatches.is_empty() {
+                        "all".to_string()
+                    } else {
+                        format!("{} NOT", st.mismatches.len())
+                    }
+                ));
+                for m in &st.mismatches {
+                    out.push(format!("{at}: stand-in {m}"));
+                }
             }
         }
         out
@@ -948,24 +1063,46 @@ pub fn check_step(
             continue;
         }
         report.cells += 1;
-        let observed = observe(c);
-        let ok = match observed {
-            Observed::Allowed => c.allowed,
-            Observed::Denied => !c.allowed,
-            Observed::Unprobed(_) | Observed::Unsupported(_) => false,
-        };
-        if !ok {
-            report.mismatches.push(Mismatch {
-                from: c.from.clone(),
-                to: c.to.clone(),
-                port: c.port,
-                protocol: c.protocol,
-                expected: c.allowed,
-                observed,
-            });
-        }
+        report.mismatches.extend(c.mismatch(observe(c)));
     }
     report
+}
+
+/// TCP cells that stand in for a step's `unsupported`-protocol cells, when the prober cannot
+/// carry that protocol (SCTP on a kernel without it): the same pair and port over TCP,
+/// expected as the datapath model ([`super::eval`]) decides on `compiled`, the step's state.
+/// They show what the unsupported cells cannot: that a policy for that protocol leaves TCP
+/// closed where it isolates, and open where it allows every protocol. Pairs the step probes
+/// over TCP on that port already are left out; so are pairs with a pod not present.
+pub fn tcp_stand_ins(
+    step: &Step,
+    present: &[PodKey],
+    unsupported: L4Proto,
+    compiled: &super::compile::CompiledPolicy,
+) -> Result<Vec<Cell>, super::eval::EvalError> {
+    let tcp: BTreeSet<(&PodKey, &PodKey, u16)> = step
+        .expected
+        .iter()
+        .filter(|c| c.protocol == L4Proto::Tcp)
+        .map(|c| (&c.from, &c.to, c.port))
+        .collect();
+    let mut out = Vec::new();
+    for c in &step.expected {
+        if c.protocol != unsupported
+            || tcp.contains(&(&c.from, &c.to, c.port))
+            || !present.contains(&c.from)
+            || !present.contains(&c.to)
+        {
+            continue;
+        }
+        let d = evaluate(compiled, &c.from, &c.to, c.port, L4Proto::Tcp)?;
+        out.push(Cell {
+            protocol: L4Proto::Tcp,
+            allowed: d.allowed(),
+            ..c.clone()
+        });
+    }
+    Ok(out)
 }
 
 /// The pods a step probes between: its own list, else every pod of the state.

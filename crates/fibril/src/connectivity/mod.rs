@@ -23,8 +23,9 @@ use report::{Counts, Sctp, Settings, Summary};
 
 #[derive(Subcommand)]
 pub enum ConnectivityCommand {
-    /// Run NetworkPolicy conformance cases (model.yaml + case files) on a lab: PASS/FAIL
-    /// per case with every mismatching cell. Exits non-zero if a case fails.
+    /// Run NetworkPolicy conformance cases (model.yaml + case files) on a lab: PASS, FAIL or
+    /// UNSUPPORTED per case with every mismatching cell. Exits non-zero if a case fails or
+    /// (without --allow-unsupported) is unsupported.
     Netpol(NetpolArgs),
 }
 
@@ -67,6 +68,11 @@ pub struct NetpolArgs {
     /// and the model stays for the next run).
     #[arg(long)]
     cleanup: bool,
+    /// UNSUPPORTED cases (their only mismatches are cells of a protocol this kernel cannot
+    /// carry, SCTP without its module, and their TCP stand-ins are right) do not make the
+    /// run fail. They are still reported UNSUPPORTED, never PASS.
+    #[arg(long)]
+    allow_unsupported: bool,
     #[arg(short, long, value_enum, default_value = "text")]
     output: Format,
 }
@@ -126,7 +132,7 @@ async fn run_netpol(a: NetpolArgs) -> anyhow::Result<ExitCode> {
     runner.finish(a.cleanup).await?;
     let counts = Counts::of(&results);
     let seconds = start.elapsed().as_secs_f64();
-    let failed = counts.cases_failed > 0;
+    let failed = counts.cases_failed > 0 || (counts.cases_unsupported > 0 && !a.allow_unsupported);
     say(&counts.text(seconds));
     if json {
         let summary = Summary {
@@ -146,6 +152,7 @@ async fn run_netpol(a: NetpolArgs) -> anyhow::Result<ExitCode> {
                 probe_timeout_ms: a.probe_timeout_ms,
                 retries: a.retries,
                 parallel: a.parallel,
+                allow_unsupported: a.allow_unsupported,
             },
             baseline,
             counts,

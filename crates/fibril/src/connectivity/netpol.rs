@@ -19,8 +19,11 @@
 //! a silent drop (timeout) is "denied"; anything else (a refusal, an error, another pod
 //! answering, a connection with no answer) is "not probed", as is a cell whose destination
 //! serves no such port, whose pod is absent, or whose server does not answer inside its
-//! own pod. SCTP cells on a kernel without SCTP are "unsupported". Only "allowed" and
-//! "denied" can match an expectation.
+//! own pod. SCTP cells on a kernel without SCTP are "unsupported", and probed over TCP
+//! instead as stand-ins, expected as the policy model decides (a policy for SCTP must leave
+//! TCP closed where it isolates). Only "allowed" and "denied" can match an expectation; a
+//! case whose only mismatches are unsupported cells, with its stand-ins right, is
+//! UNSUPPORTED, never PASS.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -33,10 +36,10 @@ use tokio::time::Instant;
 
 use fibril_core::lab::LabLayout;
 use fibril_core::policy::conformance::{
-    apply_action, check_step, present_pods, Action, Case, CaseReport, Cell, Mismatch, Model,
-    Observed, Probe, StepReport,
+    apply_action, check_step, present_pods, tcp_stand_ins, Action, Case, CaseReport, Cell,
+    Mismatch, Model, Observed, Probe, StandIns, Step, StepReport,
 };
-use fibril_core::policy::{ClusterState, PodKey};
+use fibril_core::policy::{ClusterState, Compiler, PodKey};
 use fibril_core::services::L4Proto;
 use fibril_lab::workload::netpol::{identity, ProbeOutcome};
 
@@ -356,15 +359,10 @@ impl Runner {
     /// settle time; upstream polls as well).
     async fn observe_until_stable(&self, cells: &[&Cell]) -> Vec<Observed> {
         let mut obs = self.observe(cells).await;
-        let matches = |c: &Cell, o: &Observed| match o {
-            Observed::Allowed => c.allowed,
-            Observed::Denied => !c.allowed,
-            _ => false,
-        };
         for _ in 0..self.settings.retries {
             let redo: Vec<usize> = (0..cells.len())
                 .filter(|&i| {
-                    !matches(cells[i], &obs[i]) && !matches!(obs[i], Observed::Unsupported(_))
+                    !cells[i].matches(&obs[i]) && !matches!(obs[i], Observed::Unsupported(_))
                 })
                 .collect();
             if redo.is_empty() {
@@ -699,10 +697,48 @@ impl Runner {
                     .unwrap_or_else(|| Observed::Unprobed("not observed".into()))
             });
             errors.append(&mut r.errors);
+            if self.sctp_unsupported.is_some() {
+                match self.stand_ins(step, &present, &state).await {
+                    Ok(s) => r.stand_ins = s,
+                    Err(e) => errors.push(format!("the TCP stand-ins for SCTP: {e}")),
+                }
+            }
             r.errors = errors;
             report.steps.push(r);
         }
         report
+    }
+
+    /// SCTP cannot be carried here: the step's SCTP cells probed over TCP instead, expected
+    /// as the policy model decides for the step's state with the lab's pod addresses (see
+    /// [`tcp_stand_ins`]). None when the step has no SCTP cell.
+    async fn stand_ins(
+        &self,
+        step: &Step,
+        present: &[PodKey],
+        state: &ClusterState,
+    ) -> anyhow::Result<Option<StandIns>> {
+        if !step.expected.iter().any(|c| c.protocol == L4Proto::Sctp) {
+            return Ok(None);
+        }
+        let mut state = state.clone();
+        for (key, pod) in state.pods.iter_mut() {
+            pod.ip = self.targets.get(key).map(|t| t.ip).or(pod.ip);
+        }
+        let compiled = Compiler::new().compile(&state)?;
+        let cells = tcp_stand_ins(step, present, L4Proto::Sctp, &compiled)?;
+        let refs: Vec<&Cell> = cells.iter().collect();
+        let observed = self.observe_until_stable(&refs).await;
+        let mismatches = cells
+            .iter()
+            .zip(observed)
+            .filter_map(|(c, o)| c.mismatch(o))
+            .collect();
+        Ok(Some(StandIns {
+            for_protocol: L4Proto::Sctp,
+            cells: cells.len(),
+            mismatches,
+        }))
     }
 
     /// Removes the policies the run left (and with `all`, the whole model).
@@ -727,8 +763,8 @@ impl Runner {
 
 /// A case's result, timed.
 pub fn result(case: &Case, file: &Path, report: CaseReport, seconds: f64) -> CaseResult {
-    let passed = report.passed(case);
-    CaseResult::new(report, file.display().to_string(), passed, seconds)
+    let verdict = report.verdict(case);
+    CaseResult::new(report, file.display().to_string(), verdict, seconds)
 }
 
 #[cfg(test)]

@@ -4,24 +4,27 @@
 
 use serde::Serialize;
 
-use fibril_core::policy::conformance::{CaseReport, Mismatch, Observed, StepReport};
+use fibril_core::policy::conformance::{CaseReport, Mismatch, Observed, StepReport, Verdict};
 
 /// One case's result.
 #[derive(Clone, Debug, Serialize)]
 pub struct CaseResult {
     pub name: String,
     pub file: String,
+    /// The verdict is [`Verdict::Pass`].
     pub passed: bool,
+    pub verdict: Verdict,
     pub duration_seconds: f64,
     pub steps: Vec<StepReport>,
 }
 
 impl CaseResult {
-    pub fn new(report: CaseReport, file: String, passed: bool, duration_seconds: f64) -> Self {
+    pub fn new(report: CaseReport, file: String, verdict: Verdict, duration_seconds: f64) -> Self {
         CaseResult {
             name: report.name,
             file,
-            passed,
+            passed: verdict == Verdict::Pass,
+            verdict,
             duration_seconds,
             steps: report.steps,
         }
@@ -34,13 +37,13 @@ impl CaseResult {
         }
     }
 
-    /// `PASS name (...)` or `FAIL name (...)` followed by one indented line per failing
-    /// cell or error.
+    /// `PASS name (...)`, `UNSUPPORTED name (...)` or `FAIL name (...)` followed by one
+    /// indented line per failing cell or error (unsupported cells summed up).
     pub fn text(&self) -> String {
         let cells: usize = self.steps.iter().map(|s| s.cells).sum();
         let mut out = format!(
             "{} {} ({} step{}, {} cells, {:.1}s)",
-            if self.passed { "PASS" } else { "FAIL" },
+            self.verdict,
             self.name,
             self.steps.len(),
             if self.steps.len() == 1 { "" } else { "s" },
@@ -61,6 +64,8 @@ pub struct Counts {
     pub cases: usize,
     pub cases_passed: usize,
     pub cases_failed: usize,
+    /// Cases whose only mismatches are unsupported cells, with their stand-ins right.
+    pub cases_unsupported: usize,
     pub steps: usize,
     /// Every expected cell the run looked at.
     pub cells: usize,
@@ -74,6 +79,9 @@ pub struct Counts {
     pub unsupported: usize,
     /// Step errors: refused actions, missing expectations, ...
     pub errors: usize,
+    /// TCP cells probed in place of unsupported ones, and those not as expected.
+    pub stand_in_cells: usize,
+    pub stand_ins_failed: usize,
 }
 
 impl Counts {
@@ -83,13 +91,17 @@ impl Counts {
             ..Default::default()
         };
         for r in results {
-            if r.passed {
-                c.cases_passed += 1;
-            } else {
-                c.cases_failed += 1;
+            match r.verdict {
+                Verdict::Pass => c.cases_passed += 1,
+                Verdict::Unsupported => c.cases_unsupported += 1,
+                Verdict::Fail => c.cases_failed += 1,
             }
             for s in &r.steps {
                 c.steps += 1;
+                if let Some(st) = &s.stand_ins {
+                    c.stand_in_cells += st.cells;
+                    c.stand_ins_failed += st.mismatches.len();
+                }
                 c.cells += s.cells;
                 c.errors += s.errors.len();
                 for m in &s.mismatches {
@@ -106,12 +118,21 @@ impl Counts {
     }
 
     pub fn text(&self, seconds: f64) -> String {
+        let stand_ins = if self.stand_in_cells > 0 {
+            format!(
+                "; {} TCP stand-in cells, {} not as expected",
+                self.stand_in_cells, self.stand_ins_failed
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} cases: {} passed, {} failed; {} steps; {} cells: {} passed, {} failed, {} not \
-             probed, {} unsupported; {} errors; {seconds:.1}s",
+            "{} cases: {} passed, {} failed, {} unsupported; {} steps; {} cells: {} passed, {} \
+             failed, {} not probed, {} unsupported{stand_ins}; {} errors; {seconds:.1}s",
             self.cases,
             self.cases_passed,
             self.cases_failed,
+            self.cases_unsupported,
             self.steps,
             self.cells,
             self.passed,
@@ -138,6 +159,7 @@ pub struct Settings {
     pub probe_timeout_ms: u64,
     pub retries: u32,
     pub parallel: usize,
+    pub allow_unsupported: bool,
 }
 
 /// Reachability with no policy at all, before any case: a cell that fails here can show
@@ -166,6 +188,7 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fibril_core::policy::conformance::StandIns;
     use fibril_core::policy::PodKey;
     use fibril_core::services::L4Proto;
 
@@ -186,6 +209,7 @@ mod tests {
             name: "c1".into(),
             file: "c1.yaml".into(),
             passed: false,
+            verdict: Verdict::Fail,
             duration_seconds: 1.0,
             steps: vec![
                 StepReport {
@@ -197,12 +221,14 @@ mod tests {
                         mismatch(Observed::Unsupported("no SCTP".into())),
                     ],
                     errors: vec![],
+                    stand_ins: None,
                 },
                 StepReport {
                     label: "update".into(),
                     cells: 4,
                     mismatches: vec![],
                     errors: vec!["create_policy x/p: refused".into()],
+                    stand_ins: None,
                 },
             ],
         };
@@ -210,6 +236,7 @@ mod tests {
             name: "c2".into(),
             file: "c2.yaml".into(),
             passed: true,
+            verdict: Verdict::Pass,
             duration_seconds: 1.0,
             steps: vec![StepReport {
                 label: "initial policies".into(),
@@ -224,6 +251,7 @@ mod tests {
                 cases: 2,
                 cases_passed: 1,
                 cases_failed: 1,
+                cases_unsupported: 0,
                 steps: 3,
                 cells: 20,
                 passed: 17,
@@ -231,6 +259,8 @@ mod tests {
                 unprobed: 1,
                 unsupported: 1,
                 errors: 1,
+                stand_in_cells: 0,
+                stand_ins_failed: 0,
             }
         );
         let text = failing.text();
@@ -242,8 +272,46 @@ mod tests {
             "\n  c1 step 0 (initial policies): x/a -> x/b 80/TCP: expected denied, observed allowed"
         ));
         assert!(text.contains("observed not probed (no server)"), "{text}");
-        assert!(text.contains("observed unsupported (no SCTP)"), "{text}");
+        assert!(text.contains("1 TCP cells unsupported (no SCTP)"), "{text}");
         assert!(text.contains("c1 step 1 (update): create_policy x/p: refused"));
         assert_eq!(passing.text(), "PASS c2 (1 step, 6 cells, 1.0s)");
+
+        // Unsupported cells with right stand-ins: a case of its own kind, never a pass.
+        let mut m = mismatch(Observed::Unsupported("no SCTP".into()));
+        m.protocol = L4Proto::Sctp;
+        let unsupported = CaseResult {
+            name: "c3".into(),
+            file: "c3.yaml".into(),
+            passed: false,
+            verdict: Verdict::Unsupported,
+            duration_seconds: 1.0,
+            steps: vec![StepReport {
+                label: "initial policies".into(),
+                cells: 2,
+                mismatches: vec![m.clone(), m],
+                errors: vec![],
+                stand_ins: Some(StandIns {
+                    for_protocol: L4Proto::Sctp,
+                    cells: 2,
+                    mismatches: vec![],
+                }),
+            }],
+        };
+        let c = Counts::of(&[passing, unsupported.clone()]);
+        assert_eq!(
+            (c.cases_passed, c.cases_unsupported, c.cases_failed),
+            (1, 1, 0)
+        );
+        assert_eq!((c.passed, c.unsupported, c.stand_in_cells), (6, 2, 2));
+        assert!(c
+            .text(1.0)
+            .contains("2 TCP stand-in cells, 0 not as expected"));
+        assert_eq!(
+            unsupported.text(),
+            "UNSUPPORTED c3 (1 step, 2 cells, 1.0s)\n  \
+             c3 step 0 (initial policies): 2 SCTP cells unsupported (no SCTP)\n  \
+             c3 step 0 (initial policies): 2 TCP stand-ins for the SCTP cells, all as the \
+             policy model expects"
+        );
     }
 }
