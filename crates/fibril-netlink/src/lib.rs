@@ -19,7 +19,7 @@ mod vxlan;
 pub use error::{Error, NlError, Result};
 pub use neigh::NeighInfo;
 pub use netns::{NetNs, NETNS_RUN_DIR};
-pub use ops::{AddrInfo, LinkInfo, MacAddr, Route, RouteInfo};
+pub use ops::{AddrInfo, Change, LinkInfo, MacAddr, Route, RouteInfo};
 pub use process::{current_netns_inode, netns_inode_of, pids_in_netns, setns_pre_exec};
 pub use sysctl::sysctl_path;
 pub use vxlan::{VxlanInfo, VxlanOptions};

@@ -31,21 +31,7 @@ impl NetNs {
     pub fn replace_neigh(&self, ifname: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<()> {
         let name = ifname.to_string();
         self.netlink(true, |h, netns| async move {
-            let idx = Self::index_in(&h, &netns, &name, "getting").await?;
-            h.neighbours()
-                .add(idx, IpAddr::V4(ip))
-                .link_local_address(&mac.0)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| Error::Neigh {
-                    op: "replacing",
-                    netns,
-                    ifname: name.clone(),
-                    ip,
-                    source: e.into(),
-                })
+            replace_neigh_on(&h, &netns, &name, ip, mac).await
         })
     }
 
@@ -131,4 +117,28 @@ impl NetNs {
             Ok(out)
         })
     }
+}
+
+pub(crate) async fn replace_neigh_on(
+    h: &rtnetlink::Handle,
+    netns: &str,
+    name: &str,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+) -> Result<()> {
+    let idx = NetNs::index_in(h, netns, name, "getting").await?;
+    h.neighbours()
+        .add(idx, IpAddr::V4(ip))
+        .link_local_address(&mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| Error::Neigh {
+            op: "replacing",
+            netns: netns.to_string(),
+            ifname: name.to_string(),
+            ip,
+            source: e.into(),
+        })
 }

@@ -26,6 +26,7 @@ use rtnetlink::{Handle, IpVersion};
 
 use crate::error::{Error, NlError, Result};
 use crate::netns::NetNs;
+use crate::sysctl::sysctl_path;
 
 /// An IPv4 route in the main table, as [`NetNs::replace_route`] installs it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -159,6 +160,89 @@ fn route_v4(a: &RouteAddress) -> Option<Ipv4Addr> {
     }
 }
 
+/// One change of a [`NetNs::apply`] batch; each does what the method of the same name
+/// does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// [`NetNs::set_sysctl`].
+    Sysctl { key: String, value: String },
+    /// [`NetNs::set_up`].
+    Up { ifname: String },
+    /// [`NetNs::ensure_addr`].
+    Addr { ifname: String, addr: Ipv4Net },
+    /// [`NetNs::replace_neigh`].
+    Neigh {
+        ifname: String,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    },
+    /// [`NetNs::replace_route`].
+    Route(Route),
+}
+
+async fn set_state_on(h: &Handle, netns: &str, name: &str, up: bool) -> Result<()> {
+    let idx = NetNs::index_in(h, netns, name, "getting").await?;
+    let req = h.link().set(idx);
+    let (req, op) = if up {
+        (req.up(), "setting up")
+    } else {
+        (req.down(), "setting down")
+    };
+    req.execute().await.map_err(|e| Error::Link {
+        op,
+        netns: netns.to_string(),
+        ifname: name.to_string(),
+        source: e.into(),
+    })
+}
+
+async fn ensure_addr_on(h: &Handle, netns: &str, name: &str, addr: Ipv4Net) -> Result<()> {
+    let idx = NetNs::index_in(h, netns, name, "getting").await?;
+    match h
+        .address()
+        .add(idx, IpAddr::V4(addr.addr()), addr.prefix_len())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => match NlError::from(e) {
+            e if e.errno() == Some(Errno::EEXIST) => Ok(()),
+            source => Err(Error::Addr {
+                op: "adding",
+                netns: netns.to_string(),
+                ifname: name.to_string(),
+                addr,
+                source,
+            }),
+        },
+    }
+}
+
+/// The route must have passed `NetNs::check_route`.
+async fn replace_route_on(h: &Handle, netns: &str, route: &Route) -> Result<()> {
+    let dst = route.dst.trunc();
+    let mut req = h
+        .route()
+        .add()
+        .v4()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .replace();
+    if let Some(dev) = &route.dev {
+        let idx = NetNs::index_in(h, netns, dev, "getting").await?;
+        req = req.output_interface(idx);
+    }
+    match route.via {
+        Some(via) => req = req.gateway(via),
+        None => req = req.scope(RouteScope::Link),
+    }
+    req.execute().await.map_err(|e| Error::Route {
+        op: "replacing",
+        netns: netns.to_string(),
+        dst,
+        source: e.into(),
+    })
+}
+
 impl NetNs {
     /// Run an async netlink conversation inside this namespace. `mutating` operations
     /// are refused on the host namespace.
@@ -270,9 +354,29 @@ impl NetNs {
     /// names exist but are not each other's peers, the stale veths are removed and the
     /// pair recreated. A non-veth link holding either name is an error, never deleted.
     pub fn ensure_veth(&self, name: &str, peer: &str, peer_ns: &NetNs) -> Result<()> {
+        self.ensure_veth_mtu(name, peer, peer_ns, None)
+    }
+
+    /// [`ensure_veth`](Self::ensure_veth), with both ends' MTU `mtu` when given: a new pair
+    /// is created with it, an existing one gets it.
+    pub fn ensure_veth_mtu(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: &NetNs,
+        mtu: Option<u32>,
+    ) -> Result<()> {
         let same = self.inode()? == peer_ns.inode()?;
-        let here = self.link(name)?;
-        let there = peer_ns.link(peer)?;
+        // Both lookups at once: each is a thread and a netlink session of its own.
+        let (here, there) = std::thread::scope(|s| {
+            let there = s.spawn(|| peer_ns.link(peer));
+            let here = self.link(name);
+            let there = there
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (here, there)
+        });
+        let (here, there) = (here?, there?);
         for (ns, ifname, link) in [(self, name, &here), (peer_ns, peer, &there)] {
             if let Some(l) = link {
                 if l.kind.as_deref() != Some("veth") {
@@ -287,6 +391,10 @@ impl NetNs {
         }
         if let (Some(a), Some(b)) = (&here, &there) {
             if a.peer_index == Some(b.index) && b.peer_index == Some(a.index) {
+                if let Some(mtu) = mtu {
+                    self.set_mtu(name, mtu)?;
+                    peer_ns.set_mtu(peer, mtu)?;
+                }
                 return Ok(());
             }
         }
@@ -302,6 +410,9 @@ impl NetNs {
         self.netlink(true, |h, netns| async move {
             let mut peer_msg = LinkMessage::default();
             peer_msg.attributes.push(LinkAttribute::IfName(peer));
+            if let Some(mtu) = mtu {
+                peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+            }
             if let Some(fd) = &peer_fd {
                 peer_msg
                     .attributes
@@ -315,6 +426,9 @@ impl NetNs {
                     NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
                 ]),
             ]);
+            if let Some(mtu) = mtu {
+                req.message_mut().attributes.push(LinkAttribute::Mtu(mtu));
+            }
             req.execute().await.map_err(|e| Error::Link {
                 op: "creating veth",
                 netns,
@@ -358,19 +472,7 @@ impl NetNs {
     fn set_state(&self, ifname: &str, up: bool) -> Result<()> {
         let name = ifname.to_string();
         self.netlink(true, |h, netns| async move {
-            let idx = Self::index_in(&h, &netns, &name, "getting").await?;
-            let req = h.link().set(idx);
-            let (req, op) = if up {
-                (req.up(), "setting up")
-            } else {
-                (req.down(), "setting down")
-            };
-            req.execute().await.map_err(|e| Error::Link {
-                op,
-                netns,
-                ifname: name.clone(),
-                source: e.into(),
-            })
+            set_state_on(&h, &netns, &name, up).await
         })
     }
 
@@ -440,25 +542,7 @@ impl NetNs {
     pub fn ensure_addr(&self, ifname: &str, addr: Ipv4Net) -> Result<()> {
         let name = ifname.to_string();
         self.netlink(true, |h, netns| async move {
-            let idx = Self::index_in(&h, &netns, &name, "getting").await?;
-            match h
-                .address()
-                .add(idx, IpAddr::V4(addr.addr()), addr.prefix_len())
-                .execute()
-                .await
-            {
-                Ok(()) => Ok(()),
-                Err(e) => match NlError::from(e) {
-                    e if e.errno() == Some(Errno::EEXIST) => Ok(()),
-                    source => Err(Error::Addr {
-                        op: "adding",
-                        netns,
-                        ifname: name.clone(),
-                        addr,
-                        source,
-                    }),
-                },
-            }
+            ensure_addr_on(&h, &netns, &name, addr).await
         })
     }
 
@@ -515,7 +599,15 @@ impl NetNs {
 
     /// Install or replace (`NLM_F_REPLACE`) an IPv4 route in the main table.
     pub fn replace_route(&self, route: &Route) -> Result<()> {
+        self.check_route(route)?;
         let route = route.clone();
+        self.netlink(true, |h, netns| async move {
+            replace_route_on(&h, &netns, &route).await
+        })
+    }
+
+    /// A route needs a device or a usable gateway.
+    fn check_route(&self, route: &Route) -> Result<()> {
         let dst = route.dst.trunc();
         if route.via.is_none() && route.dev.is_none() {
             return Err(Error::RouteTarget {
@@ -532,27 +624,48 @@ impl NetNs {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Applies `changes` in order, in one thread inside this namespace over one netlink
+    /// socket (rather than a thread, a runtime and a socket each), stopping at the first
+    /// failure, which is reported as the single operation would report it. For setting up
+    /// an interface in a few steps on a hot path (a CNI ADD).
+    pub fn apply(&self, changes: &[Change]) -> Result<()> {
+        for c in changes {
+            match c {
+                Change::Route(r) => self.check_route(r)?,
+                Change::Sysctl { key, .. } => {
+                    sysctl_path(key)?;
+                }
+                _ => {}
+            }
+        }
+        let changes = changes.to_vec();
         self.netlink(true, |h, netns| async move {
-            let mut req = h
-                .route()
-                .add()
-                .v4()
-                .destination_prefix(dst.addr(), dst.prefix_len())
-                .replace();
-            if let Some(dev) = &route.dev {
-                let idx = Self::index_in(&h, &netns, dev, "getting").await?;
-                req = req.output_interface(idx);
+            for c in &changes {
+                match c {
+                    Change::Up { ifname } => set_state_on(&h, &netns, ifname, true).await?,
+                    Change::Addr { ifname, addr } => {
+                        ensure_addr_on(&h, &netns, ifname, *addr).await?
+                    }
+                    Change::Neigh { ifname, ip, mac } => {
+                        crate::neigh::replace_neigh_on(&h, &netns, ifname, *ip, *mac).await?
+                    }
+                    Change::Route(r) => replace_route_on(&h, &netns, r).await?,
+                    Change::Sysctl { key, value } => {
+                        // This thread is inside the namespace: procfs resolves net.* here.
+                        let path = sysctl_path(key)?;
+                        std::fs::write(&path, value.as_bytes()).map_err(|source| Error::Sysctl {
+                            op: "writing",
+                            netns: netns.clone(),
+                            key: key.clone(),
+                            source,
+                        })?
+                    }
+                }
             }
-            match route.via {
-                Some(via) => req = req.gateway(via),
-                None => req = req.scope(RouteScope::Link),
-            }
-            req.execute().await.map_err(|e| Error::Route {
-                op: "replacing",
-                netns,
-                dst,
-                source: e.into(),
-            })
+            Ok(())
         })
     }
 

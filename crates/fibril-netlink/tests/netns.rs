@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use fibril_netlink::{pids_in_netns, setns_pre_exec, Error, NetNs, Route};
+use fibril_netlink::{pids_in_netns, setns_pre_exec, Change, Error, NetNs, Route};
 use ipnet::Ipv4Net;
 
 const PRIV: &str = "privileged: needs root and netns";
@@ -437,6 +437,151 @@ fn host_namespace_is_refused_for_changes() {
     // Dropping the guard only unmounts the alias; the host namespace is not "deleted".
     drop(alias);
     assert!(!path.exists());
+}
+
+#[test]
+#[ignore = "privileged: needs root and netns"]
+fn a_batch_of_changes_sets_up_a_pod_in_one_session_and_stops_at_the_first_failure() {
+    // The pair comes with its MTU; the same pod addressing as the test below, in one
+    // `apply` per namespace.
+    let node = TestNetNs::new("node");
+    let pod = TestNetNs::new("pod");
+    node.ensure_veth_mtu("fibtb0", "eth0", &pod, Some(1400))
+        .unwrap();
+    let host = node.link("fibtb0").unwrap().unwrap();
+    let eth0 = pod.link("eth0").unwrap().unwrap();
+    assert_eq!((host.mtu, eth0.mtu), (Some(1400), Some(1400)));
+    assert_eq!(
+        (host.peer_index.is_some(), eth0.peer_index.is_some()),
+        (true, true)
+    );
+    // Idempotent, and an existing pair gets the MTU asked for.
+    node.ensure_veth_mtu("fibtb0", "eth0", &pod, Some(1450))
+        .unwrap();
+    assert_eq!(node.link("fibtb0").unwrap().unwrap().index, host.index);
+    assert_eq!(pod.link("eth0").unwrap().unwrap().mtu, Some(1450));
+
+    let gw: Ipv4Addr = "10.98.0.1".parse().unwrap();
+    let pod_ip: Ipv4Addr = "10.98.0.5".parse().unwrap();
+    let host_mac = host.mac.unwrap();
+    let pod_side = [
+        Change::Addr {
+            ifname: "eth0".into(),
+            addr: net("10.98.0.5/32"),
+        },
+        Change::Up {
+            ifname: "eth0".into(),
+        },
+        Change::Up {
+            ifname: "lo".into(),
+        },
+        Change::Neigh {
+            ifname: "eth0".into(),
+            ip: gw,
+            mac: host_mac,
+        },
+        Change::Route(Route {
+            dst: net("10.98.0.1/32"),
+            via: None,
+            dev: Some("eth0".into()),
+        }),
+        Change::Route(Route {
+            dst: net("0.0.0.0/0"),
+            via: Some(gw),
+            dev: Some("eth0".into()),
+        }),
+    ];
+    pod.apply(&pod_side).unwrap();
+    // Every change is "ensure" style: applying again changes nothing and succeeds.
+    pod.apply(&pod_side).unwrap();
+    node.apply(&[
+        Change::Sysctl {
+            key: "net/ipv4/conf/fibtb0/rp_filter".into(),
+            value: "0".into(),
+        },
+        Change::Sysctl {
+            key: "net.ipv4.conf.fibtb0.forwarding".into(),
+            value: "1".into(),
+        },
+        Change::Addr {
+            ifname: "lo".into(),
+            addr: net("192.0.2.1/32"),
+        },
+        Change::Up {
+            ifname: "lo".into(),
+        },
+        Change::Up {
+            ifname: "fibtb0".into(),
+        },
+        Change::Route(Route {
+            dst: net("10.98.0.5/32"),
+            via: None,
+            dev: Some("fibtb0".into()),
+        }),
+    ])
+    .unwrap();
+    assert_eq!(node.sysctl("net/ipv4/conf/fibtb0/rp_filter").unwrap(), "0");
+    assert_eq!(node.sysctl("net/ipv4/conf/fibtb0/forwarding").unwrap(), "1");
+    let n = pod.neighbours().unwrap();
+    assert!(n
+        .iter()
+        .any(|e| e.ip == gw && e.permanent && e.mac == Some(host_mac)));
+    assert!(pod
+        .routes()
+        .unwrap()
+        .iter()
+        .any(|r| r.dst.prefix_len() == 0 && r.via == Some(gw)));
+    assert!(tcp_reachable(&pod, &node, "192.0.2.1".parse().unwrap()));
+    assert!(tcp_reachable(&node, &pod, pod_ip));
+
+    // A failure names what failed, and nothing after it is applied.
+    let err = pod
+        .apply(&[
+            Change::Up {
+                ifname: "nosuch0".into(),
+            },
+            Change::Addr {
+                ifname: "eth0".into(),
+                addr: net("10.98.0.9/32"),
+            },
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::LinkNotFound { ifname, .. } if ifname == "nosuch0"),
+        "{err}"
+    );
+    assert!(!pod
+        .addrs()
+        .unwrap()
+        .iter()
+        .any(|a| a.addr == net("10.98.0.9/32")));
+    // Bad input is refused before anything is applied.
+    let err = pod
+        .apply(&[
+            Change::Addr {
+                ifname: "eth0".into(),
+                addr: net("10.98.0.9/32"),
+            },
+            Change::Route(Route {
+                dst: net("10.97.0.0/24"),
+                via: None,
+                dev: None,
+            }),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, Error::RouteTarget { .. }), "{err}");
+    let err = pod
+        .apply(&[Change::Sysctl {
+            key: "kernel.hostname".into(),
+            value: "x".into(),
+        }])
+        .unwrap_err();
+    assert!(matches!(err, Error::SysctlKey { .. }), "{err}");
+    assert!(!pod
+        .addrs()
+        .unwrap()
+        .iter()
+        .any(|a| a.addr == net("10.98.0.9/32")));
 }
 
 #[test]
