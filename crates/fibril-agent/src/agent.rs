@@ -42,12 +42,14 @@ fn internal(what: &str, e: impl std::fmt::Display) -> AgentError {
     err(INTERNAL_FAILURE, format!("{what}: {e}"), "")
 }
 
-/// Where an ADD's time went (debug log): allocation and record (both fsynced), the veth
-/// and pod interface, waiting for the dataplane lock, and attaching the programs.
+/// Where an ADD's time went (debug log): the allocation (fsynced) and, at the same time,
+/// the veth pair; the pod interface's configuration, waiting for the dataplane lock and
+/// attaching the programs, all three while the endpoint record is fsynced.
 #[derive(Default)]
 struct AddPhases {
     state: Duration,
-    plumb: Duration,
+    pair: Duration,
+    configure: Duration,
     dataplane_wait: Duration,
     dataplane: Duration,
 }
@@ -255,28 +257,60 @@ impl Agent {
                 "",
             )
         })?;
-        let ip = match ipam.allocate(&owner) {
+        let host_veth = endpoint::veth_name(&key);
+        // The address is allocated (and persisted, fsynced) while the veth pair is created:
+        // neither needs the other. A crash in between leaves either an address that the
+        // runtime's retried ADD or DEL/GC settles, or a veth that DEL or GC removes by its
+        // derived name; ADD has not answered, so no address was handed out.
+        let (allocated, pair) = std::thread::scope(|s| {
+            let creating = s.spawn(|| {
+                let t = Instant::now();
+                let pair = endpoint::create_pair(
+                    &self.netns,
+                    &pod_ns,
+                    &host_veth,
+                    key.ifname.as_str(),
+                    self.pod_mtu(config),
+                );
+                (pair, t.elapsed())
+            });
+            let allocated = ipam.allocate(&owner);
+            phases.state = started.elapsed();
+            let (pair, took) = creating
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            phases.pair = took;
+            (allocated, pair)
+        });
+        let refused = |e: AgentError| {
+            // Nothing was allocated: only the pair is undone.
+            if let Err(problem) = endpoint::unplumb(&self.netns, &host_veth) {
+                tracing::warn!(veth = %host_veth, error = %problem, "ADD refused; removing its veth failed");
+            }
+            Err(e)
+        };
+        let ip = match allocated {
             Ok(IpAddr::V4(ip)) => ip,
             Ok(IpAddr::V6(ip)) => {
-                return Err(err(
+                return refused(err(
                     code::INVALID_CONFIG,
                     format!("{ip}: IPv6 pod addresses are not supported yet"),
                     "",
                 ))
             }
             Err(NodeIpamError::Ipam(e @ IpamError::BlockExhausted { .. })) => {
-                return Err(err(
+                return refused(err(
                     code::NOT_AVAILABLE,
                     format!("no pod address left on node {}: {e}", self.config.node_name),
                     "delete pods on this node, or give the node a larger pod CIDR",
                 ))
             }
-            Err(e) => return Err(internal("allocating a pod address", e)),
+            Err(e) => return refused(internal("allocating a pod address", e)),
         };
         let IpAddr::V4(gateway) = ipam.gateway() else {
+            let _ = self.teardown(&key, &owner, Some(ip), &host_veth);
             return Err(internal("pod gateway", "not IPv4"));
         };
-        let host_veth = endpoint::veth_name(&key);
         let rec = EndpointRecord {
             key: key.clone(),
             ip,
@@ -284,9 +318,8 @@ impl Agent {
             netns: req.netns.clone(),
             pod: req.attachment.pod.clone(),
         };
-        phases.state = started.elapsed();
 
-        let mut setup = || -> Result<CniResult, AgentError> {
+        let setup = || -> Result<CniResult, AgentError> {
             // Three things at once, each of which waits on something else (the disk, the
             // kernel's RCU grace periods of two TCX attaches, netlink round trips): the
             // endpoint record reaches the disk, the programs are attached to the new host
@@ -295,16 +328,9 @@ impl Agent {
             // its derived name.
             std::thread::scope(|s| {
                 let saving = s.spawn(|| self.endpoints.save(&rec));
-                let mut interfaces = || -> Result<(endpoint::Plumbed, EndpointInfo), AgentError> {
+                let interfaces = || -> Result<(endpoint::Plumbed, EndpointInfo), AgentError> {
                     let t = Instant::now();
-                    let pair = endpoint::create_pair(
-                        &self.netns,
-                        &pod_ns,
-                        &host_veth,
-                        key.ifname.as_str(),
-                        self.pod_mtu(config),
-                    )
-                    .map_err(|e| internal("creating the pod's veth pair", e))?;
+                    let pair = pair.map_err(|e| internal("creating the pod's veth pair", e))?;
                     let ep = EndpointInfo {
                         ip,
                         host_ifname: host_veth.clone(),
@@ -337,16 +363,16 @@ impl Agent {
                         gateway,
                         ep.host_mac,
                     );
-                    phases.plumb = t.elapsed();
+                    phases.configure = t.elapsed();
                     let (attached, wait, took) = attaching
                         .join()
                         .unwrap_or_else(|p| std::panic::resume_unwind(p));
                     phases.dataplane_wait = wait;
                     phases.dataplane = took;
-                    let p = configured.map_err(|e| internal("setting up the pod interface", e))?;
+                    configured.map_err(|e| internal("setting up the pod interface", e))?;
                     attached
                         .map_err(|e| internal("registering the endpoint with the dataplane", e))?;
-                    Ok((p, ep))
+                    Ok((pair, ep))
                 };
                 let outcome = interfaces();
                 let saved = saving
@@ -362,8 +388,9 @@ impl Agent {
                 tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip, veth = %host_veth, "ADD");
                 tracing::debug!(
                     total_ms = ms(started.elapsed()),
-                    ipam_and_record_ms = ms(phases.state),
-                    plumb_ms = ms(phases.plumb),
+                    ipam_ms = ms(phases.state),
+                    pair_ms = ms(phases.pair),
+                    configure_ms = ms(phases.configure),
                     dataplane_lock_wait_ms = ms(phases.dataplane_wait),
                     dataplane_ms = ms(phases.dataplane),
                     "ADD phases"

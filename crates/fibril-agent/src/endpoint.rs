@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use fibril_core::cni_api::{AttachmentKey, PodIdentity};
-use fibril_netlink::{LinkInfo, MacAddr, NetNs, Route};
+use fibril_netlink::{Change, LinkInfo, MacAddr, NetNs, Route};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -158,7 +158,8 @@ pub fn plumb(
 ) -> Result<Plumbed, fibril_netlink::Error> {
     let pair = create_pair(node, pod, host_veth, ifname, mtu)?;
     let host_mac = pair.host.mac.ok_or_else(|| no_mac(node, host_veth))?;
-    configure(node, pod, host_veth, ifname, ip, gateway, host_mac)
+    configure(node, pod, host_veth, ifname, ip, gateway, host_mac)?;
+    Ok(pair)
 }
 
 fn no_mac(ns: &NetNs, ifname: &str) -> fibril_netlink::Error {
@@ -185,20 +186,84 @@ pub fn create_pair(
     ifname: &str,
     mtu: Option<u32>,
 ) -> Result<Plumbed, fibril_netlink::Error> {
-    node.ensure_veth(host_veth, ifname, pod)?;
-    if let Some(mtu) = mtu {
-        node.set_mtu(host_veth, mtu)?;
-        pod.set_mtu(ifname, mtu)?;
-    }
-    Ok(Plumbed {
-        host: get_link(node, host_veth)?,
-        pod: get_link(pod, ifname)?,
+    node.ensure_veth_mtu(host_veth, ifname, pod, mtu)?;
+    // Both ends at once: each read is a thread and a netlink session of its own.
+    std::thread::scope(|s| {
+        let pod_link = s.spawn(|| get_link(pod, ifname));
+        let host = get_link(node, host_veth);
+        let pod_link = pod_link
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ok(Plumbed {
+            host: host?,
+            pod: pod_link?,
+        })
     })
 }
 
+/// The node's side of an endpoint: the host veth's sysctls and state, and the node's route
+/// to the pod.
+fn node_changes(host_veth: &str, ip: Ipv4Addr) -> Vec<Change> {
+    let host32 = Ipv4Net::new(ip, 32).expect("/32 is valid");
+    vec![
+        // Packets from the pod are routed by the node; reverse-path filtering on the veth
+        // would only ever drop legitimate asymmetric replies (seed 002).
+        Change::Sysctl {
+            key: format!("net/ipv4/conf/{host_veth}/rp_filter"),
+            value: "0".into(),
+        },
+        Change::Sysctl {
+            key: format!("net/ipv4/conf/{host_veth}/forwarding"),
+            value: "1".into(),
+        },
+        Change::Up {
+            ifname: host_veth.to_string(),
+        },
+        Change::Route(Route {
+            dst: host32,
+            via: None,
+            dev: Some(host_veth.to_string()),
+        }),
+    ]
+}
+
+/// The pod's side: its address, gateway neighbour and routes.
+fn pod_changes(ifname: &str, ip: Ipv4Addr, gateway: Ipv4Addr, host_mac: MacAddr) -> Vec<Change> {
+    let host32 = Ipv4Net::new(ip, 32).expect("/32 is valid");
+    let gw32 = Ipv4Net::new(gateway, 32).expect("/32 is valid");
+    vec![
+        Change::Addr {
+            ifname: ifname.to_string(),
+            addr: host32,
+        },
+        Change::Up {
+            ifname: ifname.to_string(),
+        },
+        Change::Up {
+            ifname: "lo".to_string(),
+        },
+        Change::Neigh {
+            ifname: ifname.to_string(),
+            ip: gateway,
+            mac: host_mac,
+        },
+        Change::Route(Route {
+            dst: gw32,
+            via: None,
+            dev: Some(ifname.to_string()),
+        }),
+        Change::Route(Route {
+            dst: Ipv4Net::default(),
+            via: Some(gateway),
+            dev: Some(ifname.to_string()),
+        }),
+    ]
+}
+
 /// Everything but the pair: the host veth's sysctls and state, the pod's address, gateway
-/// neighbour and routes, and the node's route to the pod. Returns both ends as they are
-/// now. Idempotent.
+/// neighbour and routes, and the node's route to the pod. One netlink session in each
+/// namespace (a CNI ADD pays for every thread, runtime and socket an operation would
+/// otherwise open), the two namespaces at once. Idempotent.
 pub fn configure(
     node: &NetNs,
     pod: &NetNs,
@@ -207,37 +272,16 @@ pub fn configure(
     ip: Ipv4Addr,
     gateway: Ipv4Addr,
     host_mac: MacAddr,
-) -> Result<Plumbed, fibril_netlink::Error> {
-    // Packets from the pod are routed by the node; reverse-path filtering on the veth
-    // would only ever drop legitimate asymmetric replies (seed 002).
-    node.set_sysctl(&format!("net/ipv4/conf/{host_veth}/rp_filter"), "0")?;
-    node.set_sysctl(&format!("net/ipv4/conf/{host_veth}/forwarding"), "1")?;
-    node.set_up(host_veth)?;
-
-    let host32 = Ipv4Net::new(ip, 32).expect("/32 is valid");
-    let gw32 = Ipv4Net::new(gateway, 32).expect("/32 is valid");
-    pod.ensure_addr(ifname, host32)?;
-    pod.set_up(ifname)?;
-    pod.set_up("lo")?;
-    pod.replace_neigh(ifname, gateway, host_mac)?;
-    pod.replace_route(&Route {
-        dst: gw32,
-        via: None,
-        dev: Some(ifname.to_string()),
-    })?;
-    pod.replace_route(&Route {
-        dst: Ipv4Net::default(),
-        via: Some(gateway),
-        dev: Some(ifname.to_string()),
-    })?;
-    node.replace_route(&Route {
-        dst: host32,
-        via: None,
-        dev: Some(host_veth.to_string()),
-    })?;
-    Ok(Plumbed {
-        host: get_link(node, host_veth)?,
-        pod: get_link(pod, ifname)?,
+) -> Result<(), fibril_netlink::Error> {
+    let node_side = node_changes(host_veth, ip);
+    let pod_side = pod_changes(ifname, ip, gateway, host_mac);
+    std::thread::scope(|s| {
+        let at_node = s.spawn(|| node.apply(&node_side));
+        let at_pod = pod.apply(&pod_side);
+        let at_node = at_node
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        at_node.and(at_pod)
     })
 }
 
@@ -268,6 +312,70 @@ mod tests {
         assert!(is_pod_veth(&a));
         assert!(!is_pod_veth("eth0"));
         assert!(!is_pod_veth("fibril_vxlan"));
+    }
+
+    #[test]
+    fn configure_changes_come_in_an_order_the_kernel_accepts() {
+        let ip: Ipv4Addr = "10.244.1.7".parse().unwrap();
+        let gw: Ipv4Addr = "10.244.1.1".parse().unwrap();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        // The node: sysctls of the new veth, the veth up, then the route through it (a
+        // route via a device that is down is refused).
+        let node = node_changes("fib0123456789ab", ip);
+        assert_eq!(
+            node,
+            [
+                Change::Sysctl {
+                    key: "net/ipv4/conf/fib0123456789ab/rp_filter".into(),
+                    value: "0".into()
+                },
+                Change::Sysctl {
+                    key: "net/ipv4/conf/fib0123456789ab/forwarding".into(),
+                    value: "1".into()
+                },
+                Change::Up {
+                    ifname: "fib0123456789ab".into()
+                },
+                Change::Route(Route {
+                    dst: "10.244.1.7/32".parse().unwrap(),
+                    via: None,
+                    dev: Some("fib0123456789ab".into())
+                }),
+            ]
+        );
+        // The pod: address and link up first, the gateway's neighbour and link route
+        // before the default route via the gateway.
+        let pod = pod_changes("eth0", ip, gw, mac);
+        assert_eq!(
+            pod,
+            [
+                Change::Addr {
+                    ifname: "eth0".into(),
+                    addr: "10.244.1.7/32".parse().unwrap()
+                },
+                Change::Up {
+                    ifname: "eth0".into()
+                },
+                Change::Up {
+                    ifname: "lo".into()
+                },
+                Change::Neigh {
+                    ifname: "eth0".into(),
+                    ip: gw,
+                    mac
+                },
+                Change::Route(Route {
+                    dst: "10.244.1.1/32".parse().unwrap(),
+                    via: None,
+                    dev: Some("eth0".into())
+                }),
+                Change::Route(Route {
+                    dst: Ipv4Net::default(),
+                    via: Some(gw),
+                    dev: Some("eth0".into())
+                }),
+            ]
+        );
     }
 
     #[test]
