@@ -23,15 +23,34 @@
 #define IPV4_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 
 /* Decrements the TTL (f->ttl, > 1) and updates the header checksum. The TTL
- * is the high byte of the 16-bit word it shares with the protocol. */
+ * is the high byte of the 16-bit word it shares with the protocol, which the
+ * checksum follows: TTL, protocol and checksum are written in one store, the
+ * checksum updated incrementally (RFC 1624: HC' = ~(~HC + ~m + m')). The one's
+ * complement sum does not depend on byte order, so the words are used as they
+ * sit in memory. */
 static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb, const struct flow *f)
 {
-	__u8 ttl = f->ttl - 1;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	__u8 bytes[4]; /* ttl, protocol, check */
+	__u16 old_word, new_word, check;
+	__u32 sum;
 
-	if (bpf_l3_csum_replace(skb, IPV4_CSUM_OFF, bpf_htons((__u16)f->ttl << 8),
-				bpf_htons((__u16)ttl << 8), sizeof(__u16)) < 0)
+	/* parse_ipv4 made the header linear; a rewrite since may have moved it. */
+	if ((void *)(ip + 1) > data_end)
 		return -1;
-	return bpf_skb_store_bytes(skb, IPV4_TTL_OFF, &ttl, sizeof(ttl), 0);
+	bytes[0] = f->ttl - 1;
+	bytes[1] = ip->protocol;
+	__builtin_memcpy(&old_word, &ip->ttl, sizeof(old_word));
+	__builtin_memcpy(&new_word, bytes, sizeof(new_word));
+	check = ip->check;
+	sum = (__u16)~check + (__u16)~old_word + new_word;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	check = ~sum;
+	__builtin_memcpy(bytes + 2, &check, sizeof(check));
+	return bpf_skb_store_bytes(skb, IPV4_TTL_OFF, bytes, sizeof(bytes), 0);
 }
 
 static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)

@@ -62,11 +62,17 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
 		f->tcp_flags = 0;
 		return 0;
 	}
-	if (bpf_skb_load_bytes(skb, f->l4_off, &ports, sizeof(ports)) < 0)
+	if (f->proto == IPPROTO_TCP) {
+		/* Ports to flags in one read: a helper call per packet saved. */
+		__u8 tcp[TCP_FLAGS_OFF + 1];
+
+		if (bpf_skb_load_bytes(skb, f->l4_off, tcp, sizeof(tcp)) < 0)
+			return -1;
+		__builtin_memcpy(&ports, tcp, sizeof(ports));
+		flags = tcp[TCP_FLAGS_OFF];
+	} else if (bpf_skb_load_bytes(skb, f->l4_off, &ports, sizeof(ports)) < 0) {
 		return -1;
-	if (f->proto == IPPROTO_TCP &&
-	    bpf_skb_load_bytes(skb, f->l4_off + TCP_FLAGS_OFF, &flags, sizeof(flags)) < 0)
-		return -1;
+	}
 	if (f->frag == FRAG_FIRST)
 		/* Best effort: without it the later fragments are not
 		 * translated. */

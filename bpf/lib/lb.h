@@ -317,11 +317,12 @@ static __always_inline int lb_handle(struct __sk_buff *skb, struct flow *f, int 
 	struct fibril_ct_key key = {};
 	struct fibril_ct_entry *ct;
 	struct fibril_svc *svc;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 
 	ct_key_of(f, &key);
 	svc = svc_lookup(f, from_pod, &skey);
 	if (svc) {
+		now = bpf_ktime_get_ns();
 		ct = bpf_map_lookup_elem(&FIBRIL_MAP_CT, &key);
 		if (ct && ct->dir == FIBRIL_CT_FORWARD && !ct_reopens(ct, f) &&
 		    ct_alive(&key, ct, now)) {
@@ -331,8 +332,12 @@ static __always_inline int lb_handle(struct __sk_buff *skb, struct flow *f, int 
 		return svc_connect(skb, f, &skey, svc, &key, from_pod, now);
 	}
 
+	/* Plain traffic (most of it) ends here, without reading the clock. */
 	ct = bpf_map_lookup_elem(&FIBRIL_MAP_CT, &key);
-	if (!ct || ct->dir != FIBRIL_CT_REPLY || !ct_alive(&key, ct, now))
+	if (!ct || ct->dir != FIBRIL_CT_REPLY)
+		return LB_NOT_HANDLED;
+	now = bpf_ktime_get_ns();
+	if (!ct_alive(&key, ct, now))
 		return LB_NOT_HANDLED;
 	ct_refresh(ct, f, now);
 	return translate_and_route(skb, f, ct);
@@ -415,11 +420,14 @@ static __always_inline int lb_reverse_only(struct __sk_buff *skb, struct flow *f
 {
 	struct fibril_ct_key key = {};
 	struct fibril_ct_entry *ct;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 
 	ct_key_of(f, &key);
 	ct = bpf_map_lookup_elem(&FIBRIL_MAP_CT, &key);
-	if (!ct || ct->dir != FIBRIL_CT_REPLY || !ct_alive(&key, ct, now))
+	if (!ct || ct->dir != FIBRIL_CT_REPLY)
+		return TC_ACT_OK;
+	now = bpf_ktime_get_ns();
+	if (!ct_alive(&key, ct, now))
 		return TC_ACT_OK;
 	ct_refresh(ct, f, now);
 	if (nat_rewrite(skb, f, ct->nat_saddr, ct->nat_daddr, ct->nat_sport, ct->nat_dport) < 0)
