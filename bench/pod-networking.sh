@@ -2,7 +2,9 @@
 # Pod-networking benchmark: one run, side by side,
 #   - a direct veth pair between two namespaces (the physical limit here),
 #   - the lab on the reference bridge CNI (--cni bridge), as the lab configures it (no
-#     netfilter rules), and with the masquerade rule of bridge's ipMasq (conntrack on),
+#     netfilter rules), with the masquerade rule of bridge's ipMasq (conntrack on), and with
+#     kube-proxy's iptables rules for the lab's Services (what a bridge-CNI node runs to have
+#     Services at all: conntrack, nat and filter chains on every pod packet),
 #   - the lab on fibril (--cni fibril, native routing and tunnel routing),
 # for pod-to-pod same-node and cross-node TCP_RR (sockperf), TCP stream (iperf3), new
 # connections/s (wrk, Connection: close), and CNI ADD latency over 100 attachments.
@@ -16,7 +18,7 @@
 #
 # Environment:
 #   FIBRIL_BIN_DIR     where fibril and fibril-cni are (default: <repo>/target/release)
-#   BENCH_CONFIGS      default "veth bridge bridge-masq fibril-native fibril-tunnel"
+#   BENCH_CONFIGS      default "veth bridge bridge-masq bridge-kp fibril-native fibril-tunnel"
 #   BENCH_REPS         rounds of every traffic figure; the report has the median (default 3)
 #   BENCH_SECONDS      length of one run of a traffic figure (default 2; iperf3 omits 1 more)
 #   BENCH_CNI_PODS     attachments for the CNI ADD figure (default 100)
@@ -36,7 +38,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 BIN_DIR=${FIBRIL_BIN_DIR:-$repo/target/release}
 FIBRIL=$BIN_DIR/fibril
-CONFIGS=${BENCH_CONFIGS:-veth bridge bridge-masq fibril-native fibril-tunnel}
+CONFIGS=${BENCH_CONFIGS:-veth bridge bridge-masq bridge-kp fibril-native fibril-tunnel}
 REPS=${BENCH_REPS:-3}
 SECS=${BENCH_SECONDS:-2}
 CNI_PODS=${BENCH_CNI_PODS:-100}
@@ -64,8 +66,8 @@ done
 for cfg in $CONFIGS; do
   case $cfg in
     veth | bridge | fibril-native | fibril-tunnel) ;;
-    bridge-masq) command -v iptables >/dev/null || die "bridge-masq needs iptables: run bench/setup.sh" ;;
-    *) die "unknown configuration $cfg (veth, bridge, bridge-masq, fibril-native, fibril-tunnel)" ;;
+    bridge-masq | bridge-kp) command -v iptables >/dev/null || die "$cfg needs iptables: run bench/setup.sh" ;;
+    *) die "unknown configuration $cfg (veth, bridge, bridge-masq, bridge-kp, fibril-native, fibril-tunnel)" ;;
   esac
   if [[ $cfg == fibril-* && ! -x $BIN_DIR/fibril-cni ]]; then
     die "no fibril-cni next to fibril in $BIN_DIR (cargo build --release --bins)"
@@ -128,6 +130,10 @@ cpu_busy() {
   t1=$((a + b + c + d + e + f + g + h - t1)); i1=$((d + e - i1))
   echo $(( t1 > 0 ? 100 * (t1 - i1) / t1 : 0 ))
 }
+
+# The 1, 5 and 15 minute load averages (runnable and uninterruptible tasks, all of the
+# machine's: on a shared machine, the other jobs' too).
+loadavg() { cut -d' ' -f1-3 /proc/loadavg | sed 's/ /, /g'; }
 
 # client SLOT CMD...: runs CMD in the client's namespace of SLOT (config:path).
 client() {
@@ -276,8 +282,8 @@ spec:
 EOF
 }
 
-lab_up() { # CONFIG CNI ROUTING SUFFIX [masq]
-  local cfg=$1 cni=$2 routing=$3 lab=$PREFIX$4 masq=${5:-} t0 pods n ok=
+lab_up() { # CONFIG CNI ROUTING SUFFIX [masq|kube-proxy]
+  local cfg=$1 cni=$2 routing=$3 lab=$PREFIX$4 extra=${5:-} t0 pods n ok=
   local n1=$lab-node-1 n2=$lab-node-2
   log "$cfg: fibril lab up --name $lab --nodes 2 --cni $cni --routing $routing"
   UP_LABS+=("$lab")
@@ -287,7 +293,7 @@ lab_up() { # CONFIG CNI ROUTING SUFFIX [masq]
     return 0
   fi
   note "$cfg: lab up (2 nodes) took $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-  if [ -n "$masq" ]; then
+  if [ "$extra" = masq ]; then
     # What the bridge plugin's "ipMasq": true adds on a node: masquerade for traffic from
     # the pods leaving the pod network. Pod-to-pod traffic matches no rule, but the nat
     # table turns netfilter conntrack on for every packet through the node (bridged ones
@@ -313,12 +319,41 @@ lab_up() { # CONFIG CNI ROUTING SUFFIX [masq]
   fi
   LAB[$cfg]=$lab
   SERVER_IP[$cfg]=$(jq -r '.items[] | select(.metadata.name=="server") | .status.podIP' <<<"$pods")
+  if [ "$extra" = kube-proxy ]; then
+    kube_proxy_up "$cfg" "$lab" || return 0
+  fi
   wait_listening "$FIBRIL" lab exec --name "$lab" -n bench server --
   for n in same cross; do
     client "$cfg:$n" ping -c1 -W2 "${SERVER_IP[$cfg]}" >/dev/null ||
       note "$cfg: client-$n cannot ping the server at ${SERVER_IP[$cfg]}"
   done
   SLOTS+=("$cfg:same" "$cfg:cross")
+}
+
+# kube_proxy_up CONFIG LAB: kube-proxy's iptables rules (mode iptables) for the lab's own
+# Services, restored in both nodes, as kube-proxy keeps them on every node of a bridge-CNI
+# cluster (bench/kube_proxy_lab.py). Pod-to-pod traffic matches none of the DNAT rules; every
+# packet goes through conntrack and the filter chains, every new connection through the
+# nat chains.
+kube_proxy_up() {
+  local cfg=$1 lab=$2 n counted
+  "$FIBRIL" lab get services --name "$lab" -A -o json >"$WORK/$lab-svc.json"
+  "$FIBRIL" lab get endpointslices --name "$lab" -A -o json >"$WORK/$lab-eps.json"
+  if ! python3 -B "$here/kube_proxy_lab.py" "$WORK/$lab-svc.json" "$WORK/$lab-eps.json" \
+      --cluster-cidr "$POD_CIDR" >"$WORK/$lab-kp.rules" 2>"$WORK/$lab-kp.err"; then
+    note "$cfg: kube-proxy rules could not be generated, not measured: $(tail -2 "$WORK/$lab-kp.err" | tr '\n' ' ')"
+    LAB[$cfg]=
+    return 1
+  fi
+  counted=$(tail -1 "$WORK/$lab-kp.err")
+  for n in "$lab-node-1" "$lab-node-2"; do
+    if ! "$FIBRIL" lab exec --name "$lab" --node "$n" -- iptables-restore -w --noflush <"$WORK/$lab-kp.rules" 2>"$WORK/$lab-kp.err"; then
+      note "$cfg: iptables-restore in $n failed, not measured: $(tail -2 "$WORK/$lab-kp.err" | tr '\n' ' ')"
+      LAB[$cfg]=
+      return 1
+    fi
+  done
+  note "$cfg: kube-proxy's iptables rules for the lab's Services ($counted) in both nodes: $(grep -c '^-A' "$WORK/$lab-kp.rules") rules"
 }
 
 # After the traffic: what each lab's nodes show.
@@ -365,6 +400,7 @@ cni_figures() {
       paths+=("/run/netns/${LAB[$cfg]}-cni-$i")
     done
     sleep "$CNI_SETTLE"
+    note "$cfg: before the CNI ADDs, $(cpu_busy)% of the CPUs were busy; load average $(loadavg)"
     cni_call "$cfg" add "${paths[@]}"
     sleep "$CNI_SETTLE"
   done
@@ -395,13 +431,14 @@ while [ "$busy" -ge 10 ] && [ "$waited" -lt "$IDLE_WAIT" ]; do
   log "other processes use $busy% of the CPUs: waiting for them (up to ${IDLE_WAIT}s)"
   sleep 4; waited=$((waited + 5)); busy=$(cpu_busy)
 done
-note "before the run, other processes used $busy% of the CPUs (waited ${waited}s for them)"
+note "before the run, other processes used $busy% of the CPUs (waited ${waited}s for them); load average $(loadavg)"
 
 for cfg in $CONFIGS; do
   case $cfg in
     veth) veth_up ;;
     bridge) lab_up bridge bridge native b ;;
     bridge-masq) lab_up bridge-masq bridge native m masq ;;
+    bridge-kp) lab_up bridge-kp bridge native k kube-proxy ;;
     fibril-native) lab_up fibril-native fibril native n ;;
     fibril-tunnel) lab_up fibril-tunnel fibril tunnel t ;;
   esac
@@ -417,7 +454,7 @@ for r in $(seq 1 "$REPS"); do
   for s in "${SLOTS[@]}"; do stream "$s" "$r"; done
   log "round $r/$REPS: new connections/s (wrk -t$WRK_THREADS -c$WRK_CONNS, Connection: close)"
   for s in "${SLOTS[@]}"; do conns "$s" "$r"; done
-  note "after round $r, with the bench idle, $(cpu_busy)% of the CPUs were busy"
+  note "after round $r, with the bench idle, $(cpu_busy)% of the CPUs were busy; load average $(loadavg)"
 done
 for cfg in $CONFIGS; do [ -n "${LAB[$cfg]:-}" ] && lab_evidence "$cfg"; done
 cni_figures
@@ -465,6 +502,15 @@ json.dump({
     "conntrack on for every packet through the node (bridged same-node ones too where "
     "br_netfilter's bridge-nf-call-iptables is on). The lab's plain bridge config has "
     "`ipMasq: false` and no kube-proxy, so it pays for no conntrack at all.",
+    "bridge CNI + kube-proxy: the bridge lab plus, in each node, the iptables rules kube-proxy "
+    "(mode iptables) keeps for the lab's own Services (`bench/kube_proxy_lab.py`: nat "
+    "KUBE-SERVICES with a rule per Service port, KUBE-SVC/KUBE-SEP chains to the ready "
+    "endpoints, KUBE-POSTROUTING; filter KUBE-FORWARD, KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, "
+    "KUBE-PROXY-FIREWALL, KUBE-FIREWALL, KUBE-NODEPORTS jumps from INPUT, FORWARD and OUTPUT). "
+    "A bridge-CNI node needs kube-proxy to have Services at all; fibril's labs do the same job "
+    "in their BPF datapath, which is in the fibril figures. Pod-to-pod traffic matches no DNAT "
+    "rule: it pays for conntrack on every packet, kube-proxy's filter chains on every forwarded "
+    "packet and its nat chains on every new connection.",
     "labs: 2 nodes each. Pod `server` (node 1) runs sockperf server, iperf3 -s and the lab's "
     "fibril/echo HTTP server; `client-same` (node 1) and `client-cross` (node 2) run the clients "
     "through `fibril lab exec`.",

@@ -15,6 +15,7 @@ CONFIG_TITLES = {
     "veth": "veth pair",
     "bridge": "bridge CNI",
     "bridge-masq": "bridge CNI + ipMasq",
+    "bridge-kp": "bridge CNI + kube-proxy",
     "fibril-native": "fibril native",
     "fibril-tunnel": "fibril tunnel",
 }
