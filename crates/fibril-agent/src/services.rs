@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use fibril_core::services::model::{Interner, ServiceInfo, SliceInfo};
 use fibril_core::services::translate::{translate_infos, Problem, TranslateConfig, Translation};
-use fibril_core::services::ServiceTable;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -279,7 +278,6 @@ pub async fn run(
 
     let mut health = HealthServer::new(agent.netns().clone());
     let mut health_problems: Vec<String> = Vec::new();
-    let mut synced: Option<ServiceTable> = None;
     let mut evented: BTreeSet<(String, String, String)> = BTreeSet::new();
     loop {
         let t = translate_infos(
@@ -289,15 +287,19 @@ pub async fn run(
         );
         report_refusals(&client, &cfg, &t, &services.items, &mut evented).await;
 
+        // The maps' own view (ServiceMaps) is what the table is diffed against: a sync
+        // that finds nothing to change writes nothing, and no copy of the last table is
+        // kept here.
         let mut failed = false;
-        if synced.as_ref() != Some(&t.table) {
-            let started = Instant::now();
-            let res = tokio::task::block_in_place(|| match agent.dataplane() {
-                Some(mut dp) => dp.sync_services(&t.table).map_err(|e| e.to_string()),
-                None => Err("the dataplane is not loaded".to_string()),
-            });
-            match res {
-                Ok(stats) => {
+        let started = Instant::now();
+        let res = tokio::task::block_in_place(|| match agent.dataplane() {
+            Some(mut dp) => dp.sync_services(&t.table).map_err(|e| e.to_string()),
+            None => Err("the dataplane is not loaded".to_string()),
+        });
+        match res {
+            Ok(stats) => {
+                let changed = stats.added + stats.updated + stats.removed > 0;
+                if changed || status.last_sync.is_none() {
                     tracing::info!(
                         services = t.services.len(),
                         frontends = t.table.entries.len(),
@@ -308,34 +310,37 @@ pub async fn run(
                         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                         "service maps synced"
                     );
-                    for s in &stats.skipped {
-                        tracing::warn!(service = %s.service, frontend = %s.frontend, "not programmed: {}", s.reason);
-                    }
-                    status.datapath_skipped = stats
-                        .skipped
-                        .iter()
-                        .map(|s| {
-                            format!(
-                                "Service {} {}: not programmed: {}",
-                                s.service, s.frontend, s.reason
-                            )
-                        })
-                        .collect();
-                    status.sync_error = None;
                     status.last_sync = Some(
                         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     );
                     status.last_sync_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-                    synced = Some(t.table.clone());
                 }
-                Err(e) => {
-                    // Retried every second: logged when it changes, always in status.
-                    if status.sync_error.as_ref() != Some(&e) {
-                        tracing::error!(error = %e, "syncing the service maps");
-                    }
-                    status.sync_error = Some(e);
-                    failed = true;
+                let skipped: Vec<String> = stats
+                    .skipped
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "Service {} {}: not programmed: {}",
+                            s.service, s.frontend, s.reason
+                        )
+                    })
+                    .collect();
+                for s in skipped
+                    .iter()
+                    .filter(|s| !status.datapath_skipped.contains(s))
+                {
+                    tracing::warn!("{s}");
                 }
+                status.datapath_skipped = skipped;
+                status.sync_error = None;
+            }
+            Err(e) => {
+                // Retried every second: logged when it changes, always in status.
+                if status.sync_error.as_ref() != Some(&e) {
+                    tracing::error!(error = %e, "syncing the service maps");
+                }
+                status.sync_error = Some(e);
+                failed = true;
             }
         }
         status.fill(&t);

@@ -321,6 +321,16 @@ fn init_tracing() {
 fn main() -> std::process::ExitCode {
     init_tracing();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Lab(LabCommand::Component {
+            kind: ComponentArg::FibrilAgent,
+            ..
+        })
+    ) {
+        // Before the runtime's threads: the node agent allocates from one malloc arena.
+        fibril_agent::heap::configure();
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
