@@ -1797,7 +1797,15 @@ fn check_agent_restart(f: &ExternalFixture) {
     std::thread::sleep(Duration::from_secs(1));
     let id = format!("fibril-agent/{}", f.c.node(1));
     let pid_of = || f.c.lab.component(&id);
-    let (pid, _) = pid_of().unwrap();
+    // The agent must be the one that has run all along: a restart before the kill is a
+    // crash, reported with the supervisor's record of it.
+    let (pid, state) = pid_of().unwrap_or_else(|| {
+        panic!(
+            "{id} has no running process before the kill: {}",
+            f.c.lab.json(&["lab", "status", "-o", "json"])["components"]
+        )
+    });
+    assert_eq!(state, "running", "{id} before the kill");
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     eprintln!("agent {pid} killed at {:?}", started.elapsed());
     wait_for(
