@@ -38,6 +38,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 BIN_DIR=${FIBRIL_BIN_DIR:-$repo/target/release}
 FIBRIL=$BIN_DIR/fibril
 POLICIES=${BENCH_POLICIES:-1000}
@@ -51,8 +53,6 @@ OUT=${BENCH_OUT:-$here/results/$DATE-netpol.md}
 RR_PORT=11111 HTTP_PORT=8080
 SERVERS="open one many"
 
-die() { echo "error: $*" >&2; exit 1; }
-log() { echo "==> $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root: the bench builds a lab (network namespaces, BPF)"
 [ -x "$FIBRIL" ] || die "no fibril binary at $FIBRIL: build with cargo build --release --bins, or set FIBRIL_BIN_DIR"
@@ -87,8 +87,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# shellcheck source=bench/lib.sh
-source "$here/lib.sh"
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:--}" >>"$RESULTS"; }
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 

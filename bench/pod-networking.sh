@@ -55,8 +55,8 @@ CPU=${BENCH_CPU:-$(( $(nproc) - 1 ))}
 OTHER_CPU=${BENCH_OTHER_CPU:-0}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-60}
 
-die() { echo "error: $*" >&2; exit 1; }
-log() { echo "==> $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root: the bench creates network namespaces and labs"
 [ -x "$FIBRIL" ] || die "no fibril binary at $FIBRIL: build with cargo build --release --bins, or set FIBRIL_BIN_DIR"
@@ -111,7 +111,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:--}" >>"$RESULTS"; }
-note() { echo "$*" >>"$NOTES"; echo "note: $*" >&2; }
 
 # Percentile (nearest rank) of the numbers on stdin; "-" when there are none.
 percentile() {
@@ -121,19 +120,7 @@ p = float(sys.argv[1])
 print(round(v[max(0, math.ceil(p / 100 * len(v)) - 1)], 2) if v else "-")' "$1"
 }
 
-# Percent of all CPUs busy over one second.
-cpu_busy() {
-  local a b c d e f g h t1 i1
-  read -r _ a b c d e f g h _ </proc/stat; t1=$((a + b + c + d + e + f + g + h)); i1=$((d + e))
-  sleep 1
-  read -r _ a b c d e f g h _ </proc/stat
-  t1=$((a + b + c + d + e + f + g + h - t1)); i1=$((d + e - i1))
-  echo $(( t1 > 0 ? 100 * (t1 - i1) / t1 : 0 ))
-}
 
-# The 1, 5 and 15 minute load averages (runnable and uninterruptible tasks, all of the
-# machine's: on a shared machine, the other jobs' too).
-loadavg() { cut -d' ' -f1-3 /proc/loadavg | sed 's/ /, /g'; }
 
 # client SLOT CMD...: runs CMD in the client's namespace of SLOT (config:path).
 client() {
@@ -426,12 +413,7 @@ cni_figures() {
 
 # ---------------------------------------------------------------- the run
 started=$(date +%s)
-busy=$(cpu_busy) waited=0
-while [ "$busy" -ge 10 ] && [ "$waited" -lt "$IDLE_WAIT" ]; do
-  log "other processes use $busy% of the CPUs: waiting for them (up to ${IDLE_WAIT}s)"
-  sleep 4; waited=$((waited + 5)); busy=$(cpu_busy)
-done
-note "before the run, other processes used $busy% of the CPUs (waited ${waited}s for them); load average $(loadavg)"
+wait_idle "$IDLE_WAIT"
 
 for cfg in $CONFIGS; do
   case $cfg in

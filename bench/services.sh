@@ -85,8 +85,8 @@ RES_EP_BASE=10.241.0.1       # its endpoints: in the pod CIDR, outside node 1's 
 SVC_MAPS="fibril_svc fibril_svc_be fibril_svc_memb fibril_svc_aff fibril_svc_meta fibril_ct"
 HZ=$(getconf CLK_TCK)
 
-die() { echo "error: $*" >&2; exit 1; }
-log() { echo "==> $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root: the bench creates network namespaces and labs"
 [ -x "$FIBRIL" ] || die "no fibril binary at $FIBRIL: build with cargo build --release --bins, or set FIBRIL_BIN_DIR"
@@ -140,18 +140,8 @@ trap 'exit 143' TERM
 
 # record SETUP PATH N METRIC VALUE
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:--}" >>"$RESULTS"; }
-note() { echo "$*" >>"$NOTES"; echo "note: $*" >&2; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-# Percent of all CPUs busy over one second.
-cpu_busy() {
-  local a b c d e f g h t1 i1
-  read -r _ a b c d e f g h _ </proc/stat; t1=$((a + b + c + d + e + f + g + h)); i1=$((d + e))
-  sleep 1
-  read -r _ a b c d e f g h _ </proc/stat
-  t1=$((a + b + c + d + e + f + g + h - t1)); i1=$((d + e - i1))
-  echo $(( t1 > 0 ? 100 * (t1 - i1) / t1 : 0 ))
-}
 
 # ---------------------------------------------------------------- labs and pods
 bench_manifest() { # NODE1 NODE2
@@ -683,12 +673,7 @@ agent_phase() {
 
 # ---------------------------------------------------------------- the run
 started=$(date +%s)
-busy=$(cpu_busy) waited=0
-while [ "$busy" -ge 10 ] && [ "$waited" -lt "$IDLE_WAIT" ]; do
-  log "other processes use $busy% of the CPUs: waiting for them (up to ${IDLE_WAIT}s)"
-  sleep 4; waited=$((waited + 5)); busy=$(cpu_busy)
-done
-note "before the run, other processes used $busy% of the CPUs (waited ${waited}s for them)"
+wait_idle "$IDLE_WAIT"
 
 for p in $PHASES; do
   case $p in
