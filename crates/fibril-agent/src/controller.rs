@@ -600,7 +600,10 @@ async fn main_loop(
     // removed after a restart.
     let native = matches!(config.routing, Routing::Native { .. });
     let state_dir = config.paths.state_dir.clone();
-    let mut leftovers = crate::uninstall::read_routes(&state_dir);
+    let mut leftovers = crate::uninstall::read_routes(&state_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the recorded routes to peers: routes of peers that left while the agent was down stay until uninstall");
+        BTreeMap::new()
+    });
     let mut recorded = leftovers.clone();
     let mut last_probe: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
@@ -696,17 +699,24 @@ async fn main_loop(
         if native {
             if !leftovers.is_empty() {
                 let ns = agent.netns();
-                let present = blocking(|| ns.routes()).unwrap_or_default();
-                for (dst, via) in std::mem::take(&mut leftovers) {
-                    let ours_now = installed.contains_key(&dst);
-                    let there = present.iter().any(|r| r.dst == dst && r.via == Some(via));
-                    if !ours_now && there {
-                        match blocking(|| ns.delete_route(dst)) {
-                            Ok(()) => {
-                                tracing::info!(%dst, %via, "removed the route to a peer that left while the agent was down")
-                            }
-                            Err(e) => {
-                                tracing::warn!(%dst, %via, error = %e, "cannot remove a stale route to a departed peer")
+                match blocking(|| ns.routes()) {
+                    // The leftovers are kept for the next round.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list the node's routes: stale routes to departed peers are retried next round")
+                    }
+                    Ok(present) => {
+                        for (dst, via) in std::mem::take(&mut leftovers) {
+                            let ours_now = installed.contains_key(&dst);
+                            let there = present.iter().any(|r| r.dst == dst && r.via == Some(via));
+                            if !ours_now && there {
+                                match blocking(|| ns.delete_route(dst)) {
+                                    Ok(()) => {
+                                        tracing::info!(%dst, %via, "removed the route to a peer that left while the agent was down")
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(%dst, %via, error = %e, "cannot remove a stale route to a departed peer")
+                                    }
+                                }
                             }
                         }
                     }

@@ -36,13 +36,15 @@ use crate::TUNNEL_DEVICE;
 /// wanted.
 pub const ROUTES_FILE: &str = "routes.json";
 
-/// Reads the recorded routes (none if the file is absent or unreadable).
-pub fn read_routes(state_dir: &Path) -> BTreeMap<Ipv4Net, Ipv4Addr> {
-    read_optional(&state_dir.join(ROUTES_FILE))
-        .ok()
-        .flatten()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+/// Reads the recorded routes (none if the file is absent). An unreadable or corrupt record
+/// is an error naming the file: treating it as empty would leave fibril's routes behind.
+pub fn read_routes(state_dir: &Path) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, String> {
+    let path = state_dir.join(ROUTES_FILE);
+    match read_optional(&path).map_err(|e| e.to_string())? {
+        None => Ok(BTreeMap::new()),
+        Some(t) => serde_json::from_str(&t)
+            .map_err(|e| format!("the route record {} is corrupt: {e}", path.display())),
+    }
 }
 
 /// Records the routes the agent has installed.
@@ -214,8 +216,18 @@ pub fn uninstall(
     }
 
     // 4. Routes to peers, and the VXLAN device.
-    let routes = read_routes(&config.paths.state_dir);
-    let present = netns.routes().unwrap_or_default();
+    let routes = read_routes(&config.paths.state_dir).unwrap_or_else(|e| {
+        failures.push(format!("routes to peers: {e}"));
+        BTreeMap::new()
+    });
+    let present = if routes.is_empty() {
+        Vec::new()
+    } else {
+        netns.routes().unwrap_or_else(|e| {
+            failures.push(format!("listing the node's routes to remove fibril's: {e}"));
+            Vec::new()
+        })
+    };
     for (dst, via) in &routes {
         if present.iter().any(|r| r.dst == *dst && r.via == Some(*via)) {
             match netns.delete_route(*dst) {
@@ -262,5 +274,19 @@ pub fn uninstall(
             removed,
             failures,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absent_route_record_is_empty_and_a_corrupt_one_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_routes(dir.path()).unwrap(), BTreeMap::new());
+        std::fs::write(dir.path().join(ROUTES_FILE), "{not json").unwrap();
+        let e = read_routes(dir.path()).unwrap_err();
+        assert!(e.contains(ROUTES_FILE) && e.contains("corrupt"), "{e}");
     }
 }
