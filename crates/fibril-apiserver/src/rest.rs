@@ -277,6 +277,9 @@ pub fn update(
             name: name.to_string(),
         });
     };
+    if sub == Sub::Main {
+        strategy::drop_type_dependent_fields(res, &mut body, &old);
+    }
     let new = decode(res, &body)?;
     check_precondition(res, name, &new, &old)?;
     store_update(txn, ctx, res, &key, &old, new, sub).map(|o| (o, false))
@@ -528,6 +531,9 @@ pub fn patch(
                 Cause::invalid(format!("metadata.{f}"), "field is immutable"),
             ));
         }
+    }
+    if sub == Sub::Main {
+        strategy::drop_type_dependent_fields(res, &mut doc, &old);
     }
     let new = decode(res, &doc)?;
     check_precondition(res, name, &new, &old)?;
@@ -1426,16 +1432,62 @@ mod tests {
             json!(port),
             "NodePorts are kept"
         );
+        // Back to ClusterIP while also asking for a nodePort the Service did not hold: the
+        // user's own contradiction is refused, naming the field.
+        let other_port = if port == 30000 { 30001 } else { 30000 };
         let back = env.patch(
             "Service",
             Some("default"),
             "a",
             PatchKind::Merge,
-            json!({"spec": {"type": "ClusterIP"}}),
+            json!({"spec": {"type": "ClusterIP", "ports": [
+                {"port": 80, "protocol": "TCP", "nodePort": other_port}
+            ]}}),
         );
+        match back {
+            Err(ApiError::Invalid { causes, .. }) => {
+                assert_eq!(causes[0].field, "spec.ports[0].nodePort", "{causes:?}")
+            }
+            other => panic!("a new nodePort on a ClusterIP Service was not refused: {other:?}"),
+        }
+        // As kube-apiserver (dropTypeDependentFields): a merge patch that only changes the
+        // type drops the nodePorts and externalTrafficPolicy it left as they were, and the
+        // port is released.
+        let back = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Merge,
+                json!({"spec": {"type": "ClusterIP"}}),
+            )
+            .unwrap();
+        assert!(back["spec"]["ports"][0].get("nodePort").is_none(), "{back}");
         assert!(
-            matches!(back, Err(ApiError::Invalid { .. })),
-            "nodePort must be cleared too"
+            back["spec"].get("externalTrafficPolicy").is_none(),
+            "{back}"
+        );
+        assert_eq!(
+            back["spec"]["clusterIP"],
+            json!(ip),
+            "the ClusterIP is kept"
+        );
+        let reuse = env
+            .patch(
+                "Service",
+                Some("default"),
+                "a",
+                PatchKind::Json,
+                json!([
+                    {"op": "replace", "path": "/spec/type", "value": "NodePort"},
+                    {"op": "add", "path": "/spec/ports/0/nodePort", "value": port}
+                ]),
+            )
+            .unwrap();
+        assert_eq!(
+            reuse["spec"]["ports"][0]["nodePort"],
+            json!(port),
+            "released, reusable"
         );
         let back = env
             .patch(

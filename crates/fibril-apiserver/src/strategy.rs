@@ -209,6 +209,92 @@ pub fn prepare_create(
     Ok(())
 }
 
+/// kube-apiserver's `dropTypeDependentFields`, run on an update's object before it is
+/// validated: when a Service's type change makes a field meaningless and the update left that
+/// field as it was stored, the field goes (and with it its allocation), instead of the update
+/// being refused for carrying it. A value the update itself changed is kept, so that a
+/// contradiction the user wrote is still refused by validation, naming the field. So
+/// `{"spec": {"type": "ClusterIP"}}` merged into a NodePort Service drops its nodePorts.
+pub fn drop_type_dependent_fields(res: &'static ResourceInfo, new: &mut Value, old: &Value) {
+    if res.kind != "Service" {
+        return;
+    }
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let old_spec = &old["spec"];
+    let type_of = |s: &Value| s["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let (old_ty, new_ty) = (type_of(old_spec), type_of(&Value::Object(spec.clone())));
+    let field = |s: &Map<String, Value>, k: &str| s.get(k).cloned().unwrap_or(Value::Null);
+    let old_field = |k: &str| old_spec.get(k).cloned().unwrap_or(Value::Null);
+
+    // needsClusterIP: every type but ExternalName.
+    if old_ty != "ExternalName" && new_ty == "ExternalName" {
+        if field(spec, "clusterIP") == old_field("clusterIP")
+            && field(spec, "clusterIPs") == old_field("clusterIPs")
+        {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+        for k in ["ipFamilies", "ipFamilyPolicy"] {
+            if field(spec, k) == old_field(k) {
+                spec.remove(k);
+            }
+        }
+    }
+
+    // needsNodePort; sameNodePorts: the update adds no nodePort the Service did not hold.
+    let needs_node_port = |ty: &str| matches!(ty, "NodePort" | "LoadBalancer");
+    let node_ports = |ports: Option<&Value>| -> std::collections::BTreeSet<u64> {
+        ports
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["nodePort"].as_u64().filter(|n| *n != 0))
+            .collect()
+    };
+    if needs_node_port(&old_ty)
+        && !needs_node_port(&new_ty)
+        && node_ports(spec.get("ports")).is_subset(&node_ports(old_spec.get("ports")))
+    {
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                p.remove("nodePort");
+            }
+        }
+    }
+
+    // needsHCNodePort: a LoadBalancer with externalTrafficPolicy Local.
+    let needs_hc =
+        |ty: &str, s: &Value| ty == "LoadBalancer" && s["externalTrafficPolicy"] == "Local";
+    if needs_hc(&old_ty, old_spec)
+        && !needs_hc(&new_ty, &Value::Object(spec.clone()))
+        && field(spec, "healthCheckNodePort") == old_field("healthCheckNodePort")
+    {
+        spec.remove("healthCheckNodePort");
+    }
+
+    if old_ty == "LoadBalancer" && new_ty != "LoadBalancer" {
+        for k in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+            if field(spec, k) == old_field(k) {
+                spec.remove(k);
+            }
+        }
+    }
+
+    // ExternallyAccessible: NodePort, LoadBalancer, or a ClusterIP with externalIPs.
+    let externally_accessible = |ty: &str, s: &Value| {
+        needs_node_port(ty)
+            || (ty == "ClusterIP" && s["externalIPs"].as_array().is_some_and(|a| !a.is_empty()))
+    };
+    if externally_accessible(&old_ty, old_spec)
+        && !externally_accessible(&new_ty, &Value::Object(spec.clone()))
+        && field(spec, "externalTrafficPolicy") == old_field("externalTrafficPolicy")
+    {
+        spec.remove("externalTrafficPolicy");
+    }
+}
+
 /// Update rules after defaulting `new`. `old` is the stored object.
 pub fn prepare_update(
     res: &'static ResourceInfo,
