@@ -377,7 +377,7 @@ fn dns_ndots(ctx: &Ctx<'_>, out: &mut Vec<Finding>) {
             .and_then(|o| o.iter().find(|o| o.name.as_deref() == Some("ndots")))
             .and_then(|o| o.value.as_deref())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(5);
+            .unwrap_or(usize::from(crate::consts::CLUSTER_DNS_NDOTS));
         let mut found: Vec<(String, String)> = Vec::new();
         for (ci, c) in spec.containers.iter().enumerate() {
             let mut texts: Vec<(String, String)> = Vec::new();
